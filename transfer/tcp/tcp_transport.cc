@@ -1,0 +1,342 @@
+#include "transfer/tcp/tcp_transport.h"
+
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <string>
+
+namespace rdmig {
+
+namespace {
+std::string LaneName(uint32_t lane) { return "tcp lane " + std::to_string(lane); }
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Sender
+
+TcpTransport::TcpTransport(std::vector<Fd> lanes)
+    : lanes_(new Lane[lanes.size()]), lane_count_(static_cast<uint32_t>(lanes.size())) {
+  caps_.name = "tcp";
+  caps_.lanes = lane_count_;
+  caps_.one_sided = false;
+  caps_.completes_on_post = true;
+  caps_.zero_copy_send = true;
+  for (uint32_t i = 0; i < lane_count_; ++i) {
+    lanes_[i].fd = std::move(lanes[i]);
+    lanes_[i].index = i;
+  }
+}
+
+Result<std::unique_ptr<TcpTransport>> TcpTransport::Create(std::vector<Fd> lanes) {
+  if (lanes.empty() || lanes.size() > kMaxLanes) {
+    return Error(Code::kInvalidArgument, "tcp transport: " + std::to_string(lanes.size()) +
+                                             " lanes, want 1.." + std::to_string(kMaxLanes));
+  }
+  for (const Fd& fd : lanes) RDMIG_RETURN_IF_ERROR(TuneDataSocket(fd.get()));
+  return std::unique_ptr<TcpTransport>(new TcpTransport(std::move(lanes)));
+}
+
+Status TcpTransport::Fail(Status s) {
+  if (broken_.ok()) broken_ = s;
+  return s;
+}
+
+Status TcpTransport::Flush(Lane& lane) {
+  tcpwire::FrameHeader h;
+  h.type = static_cast<uint8_t>(tcpwire::FrameType::kPages);
+  h.count = static_cast<uint16_t>(lane.count);
+  h.value = lane.payload;
+  tcpwire::Encode(h, lane.head.data());
+  lane.iov[0] = {lane.head.data(), tcpwire::kHeaderBytes + lane.count * tcpwire::kDescBytes};
+  int iovcnt = static_cast<int>(lane.count + 1);
+  lane.count = 0;
+  lane.payload = 0;
+  Status s = SendAllV(lane.fd.get(), lane.iov.data(), iovcnt, "tcp lane");
+  if (!s.ok()) return Fail(s.Annotate(LaneName(lane.index)));
+  return s;
+}
+
+Status TcpTransport::Post(std::span<const PageWrite> batch, uint64_t tag) {
+  if (!broken_.ok()) return broken_;
+  if (finished_) return Error(Code::kInvalidArgument, "tcp transport: Post after Finish");
+  if (tag <= last_tag_ && last_tag_ != 0) {
+    return Error(Code::kInvalidArgument, "tcp transport: batch tags must increase");
+  }
+  for (const PageWrite& p : batch) {
+    if (p.length == 0 || p.length > kMaxRunBytes || !WithinOneStripe(p.offset, p.length)) {
+      return Error(Code::kInvalidArgument, "tcp transport: page run at offset " +
+                                               std::to_string(p.offset) + " of " +
+                                               std::to_string(p.length) +
+                                               " bytes is empty, too long or crosses a lane stripe");
+    }
+    Lane& lane = lanes_[LaneOf(p.region, p.offset, lane_count_)];
+    tcpwire::Encode(tcpwire::PageDesc{p.region, p.length, p.offset},
+                    lane.head.data() + tcpwire::kHeaderBytes + lane.count * tcpwire::kDescBytes);
+    lane.iov[1 + lane.count] = {const_cast<std::byte*>(p.data), p.length};
+    lane.payload += p.length;
+    if (++lane.count == tcpwire::kMaxFramePages) RDMIG_RETURN_IF_ERROR(Flush(lane));
+  }
+  for (uint32_t i = 0; i < lane_count_; ++i) {
+    if (lanes_[i].count > 0) RDMIG_RETURN_IF_ERROR(Flush(lanes_[i]));
+  }
+  last_tag_ = tag;
+  return Status::Ok();
+}
+
+Status TcpTransport::SendControl(Lane& lane, tcpwire::FrameType type, uint64_t value) {
+  tcpwire::FrameHeader h;
+  h.type = static_cast<uint8_t>(type);
+  h.value = value;
+  std::array<std::byte, tcpwire::kHeaderBytes> buf;
+  tcpwire::Encode(h, buf.data());
+  Status s = SendAll(lane.fd.get(), buf.data(), buf.size(), "tcp lane");
+  if (!s.ok()) return Fail(s.Annotate(LaneName(lane.index)));
+  return s;
+}
+
+Status TcpTransport::PostWatermark(uint64_t mark) {
+  if (!broken_.ok()) return broken_;
+  if (finished_) return Error(Code::kInvalidArgument, "tcp transport: watermark after Finish");
+  if (mark <= last_mark_) {
+    return Error(Code::kInvalidArgument, "tcp transport: watermark " + std::to_string(mark) +
+                                             " does not exceed " + std::to_string(last_mark_));
+  }
+  for (uint32_t i = 0; i < lane_count_; ++i) {
+    RDMIG_RETURN_IF_ERROR(SendControl(lanes_[i], tcpwire::FrameType::kWatermark, mark));
+  }
+  last_mark_ = mark;
+  return Status::Ok();
+}
+
+Result<uint64_t> TcpTransport::WaitCompleted(uint64_t tag, std::chrono::milliseconds) {
+  // Post returns once the kernel holds the bytes: every posted batch is complete.
+  if (!broken_.ok()) return broken_;
+  if (tag > last_tag_) {
+    return Error(Code::kInvalidArgument, "tcp transport: wait for tag " + std::to_string(tag) +
+                                             " that was never posted");
+  }
+  return last_tag_;
+}
+
+Status TcpTransport::Finish() {
+  if (!broken_.ok()) return broken_;
+  if (finished_) return Status::Ok();
+  for (uint32_t i = 0; i < lane_count_; ++i) {
+    RDMIG_RETURN_IF_ERROR(SendControl(lanes_[i], tcpwire::FrameType::kEnd, 0));
+    ::shutdown(lanes_[i].fd.get(), SHUT_WR);
+  }
+  finished_ = true;
+  return Status::Ok();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Receiver
+
+TcpReceiver::TcpReceiver(std::vector<Fd> lanes, const RegionRegistry* regions)
+    : regions_(regions),
+      lanes_(new Lane[lanes.size()]),
+      lane_count_(static_cast<uint32_t>(lanes.size())) {
+  caps_.name = "tcp";
+  caps_.lanes = lane_count_;
+  caps_.one_sided = false;
+  caps_.completes_on_post = true;
+  caps_.zero_copy_send = true;
+  for (uint32_t i = 0; i < lane_count_; ++i) {
+    lanes_[i].fd = std::move(lanes[i]);
+    lanes_[i].index = i;
+  }
+}
+
+Result<std::unique_ptr<TcpReceiver>> TcpReceiver::Start(std::vector<Fd> lanes,
+                                                        const RegionRegistry* regions) {
+  if (lanes.empty() || lanes.size() > kMaxLanes) {
+    return Error(Code::kInvalidArgument, "tcp receiver: " + std::to_string(lanes.size()) +
+                                             " lanes, want 1.." + std::to_string(kMaxLanes));
+  }
+  if (regions == nullptr) return Error(Code::kInvalidArgument, "tcp receiver: no regions");
+  for (const Fd& fd : lanes) RDMIG_RETURN_IF_ERROR(TuneDataSocket(fd.get()));
+  std::unique_ptr<TcpReceiver> r(new TcpReceiver(std::move(lanes), regions));
+  for (uint32_t i = 0; i < r->lane_count_; ++i) {
+    Lane& lane = r->lanes_[i];
+    lane.thread = std::thread([rp = r.get(), &lane] { rp->Run(lane); });
+  }
+  return r;
+}
+
+TcpReceiver::~TcpReceiver() {
+  Abort();
+  for (uint32_t i = 0; i < lane_count_; ++i) {
+    if (lanes_[i].thread.joinable()) lanes_[i].thread.join();
+  }
+}
+
+void TcpReceiver::Run(Lane& lane) { LaneDone(lane, LandFrames(lane).Annotate(LaneName(lane.index))); }
+
+Status TcpReceiver::LandFrames(Lane& lane) {
+  using namespace tcpwire;
+  const int fd = lane.fd.get();
+  for (;;) {
+    size_t got = 0;
+    Status s = RecvAll(fd, lane.head.data(), kHeaderBytes, "frame header", &got);
+    if (!s.ok()) {
+      if (s.code() == Code::kPeerClosed && got == 0) {
+        return Error(Code::kPeerClosed, "source closed the connection before the end of the stream");
+      }
+      if (s.code() == Code::kPeerClosed) {
+        return Error(Code::kPeerClosed, "truncated frame header: the source closed after " +
+                                            std::to_string(got) + " of " +
+                                            std::to_string(kHeaderBytes) + " bytes");
+      }
+      return s;
+    }
+    const FrameHeader h = DecodeHeader(lane.head.data());
+    if (h.magic != kMagic) {
+      return Error(Code::kProtocol, "bad frame magic 0x" + [&] {
+        char buf[16];
+        snprintf(buf, sizeof(buf), "%08x", h.magic);
+        return std::string(buf);
+      }() + " (not an rdmig TCP lane or a corrupt stream)");
+    }
+    if (h.version != kVersion) {
+      return Error(Code::kProtocol, "unsupported frame version " + std::to_string(h.version) +
+                                        " (this rdmig speaks " + std::to_string(kVersion) + ")");
+    }
+    switch (static_cast<FrameType>(h.type)) {
+      case FrameType::kPages: {
+        if (h.count == 0 || h.count > kMaxFramePages) {
+          return Error(Code::kProtocol, "page frame with " + std::to_string(h.count) +
+                                            " pages (want 1.." + std::to_string(kMaxFramePages) +
+                                            ")");
+        }
+        std::byte* descs = lane.head.data() + kHeaderBytes;
+        s = RecvAll(fd, descs, h.count * kDescBytes, "page descriptors");
+        if (!s.ok()) return s.Annotate("truncated frame");
+        // Check every descriptor before landing anything: a bad frame writes nothing.
+        uint64_t payload = 0;
+        for (uint32_t i = 0; i < h.count; ++i) {
+          const PageDesc d = DecodeDesc(descs + i * kDescBytes);
+          std::byte* dst = d.length <= kMaxRunBytes
+                               ? regions_->Resolve(d.region, d.offset, d.length)
+                               : nullptr;
+          if (dst == nullptr) {
+            Result<std::byte*> why = regions_->Check(d.region, d.offset, d.length);
+            std::string reason = why.ok() ? "length " + std::to_string(d.length) + " exceeds " +
+                                                std::to_string(kMaxRunBytes)
+                                          : why.status().message();
+            return Error(Code::kOutOfRange, "page " + std::to_string(i) + " of a frame: " + reason +
+                                                "; nothing of the frame was written");
+          }
+          lane.iov[i] = {dst, d.length};
+          payload += d.length;
+        }
+        if (payload != h.value) {
+          return Error(Code::kProtocol, "page frame announces " + std::to_string(h.value) +
+                                            " payload bytes but its pages hold " +
+                                            std::to_string(payload));
+        }
+        s = RecvAllV(fd, lane.iov.data(), h.count, "page payload", &got);
+        if (!s.ok()) {
+          return s.Annotate("truncated frame (" + std::to_string(got) + " of " +
+                            std::to_string(payload) + " payload bytes)");
+        }
+        lane.pages.fetch_add(h.count, std::memory_order_relaxed);
+        lane.bytes.fetch_add(payload, std::memory_order_relaxed);
+        break;
+      }
+      case FrameType::kWatermark: {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (h.value <= lane.watermark.load(std::memory_order_relaxed)) {
+          return Error(Code::kProtocol, "watermark " + std::to_string(h.value) +
+                                            " does not exceed the previous one");
+        }
+        lane.watermark.store(h.value, std::memory_order_release);
+        cv_.notify_all();
+        break;
+      }
+      case FrameType::kEnd:
+        return Status::Ok();
+      default:
+        return Error(Code::kProtocol, "unknown frame type " + std::to_string(h.type));
+    }
+  }
+}
+
+void TcpReceiver::LaneDone(Lane& lane, Status s) {
+  bool shutdown_all = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!s.ok()) {
+      if (aborted_) s = Error(Code::kAborted, "tcp receiver aborted");
+      if (error_.ok()) {
+        error_ = s;
+        shutdown_all = true;
+      }
+    } else {
+      ++ended_lanes_;
+    }
+    cv_.notify_all();
+  }
+  // One lane failing fails the transfer: wake the other lanes instead of waiting on them.
+  if (shutdown_all) ShutdownAll();
+}
+
+void TcpReceiver::ShutdownAll() {
+  for (uint32_t i = 0; i < lane_count_; ++i) ::shutdown(lanes_[i].fd.get(), SHUT_RDWR);
+}
+
+void TcpReceiver::Abort() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (aborted_) return;
+    aborted_ = true;
+    if (error_.ok() && ended_lanes_ < lane_count_) {
+      error_ = Error(Code::kAborted, "tcp receiver aborted");
+    }
+    cv_.notify_all();
+  }
+  ShutdownAll();
+}
+
+uint64_t TcpReceiver::MinWatermarkLocked() const {
+  uint64_t m = UINT64_MAX;
+  for (uint32_t i = 0; i < lane_count_; ++i) {
+    m = std::min(m, lanes_[i].watermark.load(std::memory_order_acquire));
+  }
+  return m;
+}
+
+uint64_t TcpReceiver::LandedWatermark() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return MinWatermarkLocked();
+}
+
+Status TcpReceiver::WaitWatermark(uint64_t mark, std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, timeout, [&]() REQUIRES(mu_) {
+    return !error_.ok() || MinWatermarkLocked() >= mark;
+  });
+  if (MinWatermarkLocked() >= mark) return Status::Ok();
+  if (!error_.ok()) return error_;
+  return Error(Code::kTimeout, "tcp receiver: watermark " + std::to_string(mark) +
+                                   " not landed within " + std::to_string(timeout.count()) +
+                                   " ms (landed " + std::to_string(MinWatermarkLocked()) + ")");
+}
+
+Status TcpReceiver::WaitFinished(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, timeout,
+               [&]() REQUIRES(mu_) { return !error_.ok() || ended_lanes_ == lane_count_; });
+  if (!error_.ok()) return error_;
+  if (ended_lanes_ == lane_count_) return Status::Ok();
+  return Error(Code::kTimeout, "tcp receiver: " + std::to_string(lane_count_ - ended_lanes_) +
+                                   " lanes still open after " + std::to_string(timeout.count()) +
+                                   " ms");
+}
+
+LaneCounters TcpReceiver::Counters(uint32_t lane) const {
+  const Lane& l = lanes_[lane];
+  return LaneCounters{l.pages.load(std::memory_order_relaxed), l.bytes.load(std::memory_order_relaxed),
+                      l.watermark.load(std::memory_order_acquire)};
+}
+
+}  // namespace rdmig

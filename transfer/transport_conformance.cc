@@ -1,0 +1,202 @@
+// The conformance tests every transport passes (see transport_conformance.h).
+#include "transfer/transport_conformance.h"
+
+#include <algorithm>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "transfer/testing/loopback.h"
+
+namespace rdmig::testing {
+namespace {
+
+using std::chrono::seconds;
+constexpr uint32_t kPage = 4096;
+
+struct Fixture {
+  Fixture(uint64_t src_bytes, uint64_t dst_bytes) : src(src_bytes), dst(dst_bytes) {}
+  AnonMemory src;
+  AnonMemory dst;
+  RegionRegistry regions;
+};
+
+// Posts pages [first, first + count) of region 0 in batches of `batch`, tagging from *tag.
+void PostRange(Transport& tx, const std::byte* src, uint64_t first, uint64_t count, uint32_t batch,
+               uint64_t* tag) {
+  std::vector<PageWrite> writes;
+  for (uint64_t p = first; p < first + count;) {
+    writes.clear();
+    for (uint32_t i = 0; i < batch && p < first + count; ++i, ++p) {
+      writes.push_back(PageWrite{src + p * kPage, p * kPage, kPage, 0});
+    }
+    ASSERT_TRUE(tx.Post(writes, ++*tag).ok());
+  }
+}
+
+TEST_P(TransportConformance, CapabilitiesNameTheTransport) {
+  Fixture f(kPage, kPage);
+  ASSERT_TRUE(f.regions.Add(0, "ram", f.dst.data(), f.dst.size()).ok());
+  Result<TransportPair> pair = GetParam().connect(3, &f.regions);
+  ASSERT_TRUE(pair.ok()) << pair.status().ToString();
+  EXPECT_EQ(pair->source->capabilities().lanes, 3u);
+  EXPECT_EQ(pair->destination->capabilities().lanes, 3u);
+  EXPECT_STRNE(pair->source->capabilities().name, "");
+  EXPECT_STREQ(pair->source->capabilities().name, pair->destination->capabilities().name);
+}
+
+// Scattered pages of two regions land where they belong, over 1 and 4 lanes.
+TEST_P(TransportConformance, ScatteredPagesLandInPlace) {
+  for (uint32_t lanes : {1u, 4u}) {
+    SCOPED_TRACE("lanes=" + std::to_string(lanes));
+    constexpr uint64_t kPages = 2048;  // 8 MiB per region
+    AnonMemory src0(kPages * kPage), src1(kPages * kPage), dst0(kPages * kPage),
+        dst1(kPages * kPage);
+    FillPattern(src0.data(), src0.size(), 1, 0);
+    FillPattern(src1.data(), src1.size(), 2, 0);
+    RegionRegistry regions;
+    ASSERT_TRUE(regions.Add(0, "ram0", dst0.data(), dst0.size()).ok());
+    ASSERT_TRUE(regions.Add(1, "ram1", dst1.data(), dst1.size()).ok());
+    Result<TransportPair> pair = GetParam().connect(lanes, &regions);
+    ASSERT_TRUE(pair.ok()) << pair.status().ToString();
+
+    std::vector<uint64_t> order(kPages * 2);
+    for (uint64_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::shuffle(order.begin(), order.end(), std::mt19937_64(7));
+    std::vector<PageWrite> batch;
+    uint64_t tag = 0;
+    for (size_t i = 0; i < order.size(); ++i) {
+      uint32_t region = static_cast<uint32_t>(order[i] / kPages);
+      uint64_t page = order[i] % kPages;
+      const std::byte* base = region == 0 ? src0.data() : src1.data();
+      batch.push_back(PageWrite{base + page * kPage, page * kPage, kPage, region});
+      if (batch.size() == 37 || i + 1 == order.size()) {
+        ASSERT_TRUE(pair->source->Post(batch, ++tag).ok());
+        batch.clear();
+      }
+    }
+    Result<uint64_t> done = pair->source->WaitCompleted(tag, seconds(30));
+    ASSERT_TRUE(done.ok()) << done.status().ToString();
+    EXPECT_GE(*done, tag);
+    ASSERT_TRUE(pair->source->PostWatermark(1).ok());
+    ASSERT_TRUE(pair->destination->WaitWatermark(1, seconds(30)).ok());
+    EXPECT_EQ(std::memcmp(src0.data(), dst0.data(), src0.size()), 0);
+    EXPECT_EQ(std::memcmp(src1.data(), dst1.data(), src1.size()), 0);
+
+    uint64_t pages = 0;
+    for (uint32_t l = 0; l < lanes; ++l) pages += pair->destination->Counters(l).pages;
+    if (!pair->source->capabilities().one_sided) {
+      EXPECT_EQ(pages, order.size());
+    }
+    ASSERT_TRUE(pair->source->Finish().ok());
+    ASSERT_TRUE(pair->destination->WaitFinished(seconds(30)).ok());
+  }
+}
+
+// Many versions of the same pages, posted in order: the newest always wins (lane affinity) and
+// each watermark covers exactly what was posted before it.
+TEST_P(TransportConformance, NewestCopyWinsAndWatermarksCoverEarlierPages) {
+  constexpr uint64_t kPages = 512;
+  constexpr uint32_t kVersions = 24;
+  AnonMemory versions(kVersions * kPage * kPages);
+  for (uint32_t v = 0; v < kVersions; ++v) {
+    FillPattern(versions.data() + v * kPage * kPages, kPage * kPages, 100 + v, 0);
+  }
+  AnonMemory dst(kPages * kPage);
+  RegionRegistry regions;
+  ASSERT_TRUE(regions.Add(0, "ram", dst.data(), dst.size()).ok());
+  Result<TransportPair> pair = GetParam().connect(4, &regions);
+  ASSERT_TRUE(pair.ok()) << pair.status().ToString();
+  uint64_t tag = 0;
+  std::vector<PageWrite> batch;
+  for (uint32_t v = 0; v < kVersions; ++v) {
+    const std::byte* base = versions.data() + v * kPage * kPages;
+    // Alternate direction so neighbouring pages interleave across lanes.
+    for (uint64_t i = 0; i < kPages; ++i) {
+      uint64_t p = (v % 2 == 0) ? i : kPages - 1 - i;
+      batch.push_back(PageWrite{base + p * kPage, p * kPage, kPage, 0});
+      if (batch.size() == 16) {
+        ASSERT_TRUE(pair->source->Post(batch, ++tag).ok());
+        batch.clear();
+      }
+    }
+    ASSERT_TRUE(pair->source->PostWatermark(v + 1).ok());
+    ASSERT_TRUE(pair->destination->WaitWatermark(v + 1, seconds(30)).ok());
+    ASSERT_EQ(std::memcmp(dst.data(), base, kPages * kPage), 0) << "after version " << v;
+  }
+  EXPECT_EQ(pair->destination->LandedWatermark(), kVersions);
+}
+
+// A page outside the registered layout is refused and nothing of it lands.
+TEST_P(TransportConformance, OutOfRangePageIsRefusedAndNothingLands) {
+  AnonMemory src(4 * kPage);
+  FillPattern(src.data(), src.size(), 9, 0);
+  AnonMemory dst(64 * kPage);
+  std::memset(dst.data(), 0xAB, dst.size());
+  RegionRegistry regions;
+  ASSERT_TRUE(regions.Add(0, "ram", dst.data(), 16 * kPage).ok());  // the rest is a guard zone
+  Result<TransportPair> pair = GetParam().connect(1, &regions);
+  ASSERT_TRUE(pair.ok()) << pair.status().ToString();
+  PageWrite bad[] = {{src.data(), 0, kPage, 0}, {src.data() + kPage, 16 * kPage, kPage, 0}};
+  Status posted = pair->source->Post(bad, 1);
+  Status landed = posted.ok() ? pair->source->PostWatermark(1) : posted;
+  if (landed.ok()) landed = pair->destination->WaitWatermark(1, seconds(30));
+  EXPECT_FALSE(landed.ok());
+  EXPECT_EQ(landed.code(), Code::kOutOfRange) << landed.ToString();
+  for (size_t i = 0; i < dst.size(); ++i) {
+    ASSERT_EQ(dst.data()[i], std::byte{0xAB}) << "byte " << i << " was written";
+  }
+}
+
+// When the destination goes away the source gets an error, not a hang.
+TEST_P(TransportConformance, SourceSeesDestinationGoAway) {
+  AnonMemory src(256 * kPage);
+  AnonMemory dst(256 * kPage);
+  RegionRegistry regions;
+  ASSERT_TRUE(regions.Add(0, "ram", dst.data(), dst.size()).ok());
+  Result<TransportPair> pair = GetParam().connect(2, &regions);
+  ASSERT_TRUE(pair.ok()) << pair.status().ToString();
+  pair->destination.reset();
+  uint64_t tag = 0;
+  Status s;
+  // Socket buffers absorb a few MiB; the error must come well before 1 GiB.
+  for (int round = 0; round < 4096 && s.ok(); ++round) {
+    std::vector<PageWrite> batch;
+    for (uint64_t p = 0; p < 64; ++p) batch.push_back({src.data() + p * kPage, p * kPage, kPage, 0});
+    s = pair->source->Post(batch, ++tag);
+    if (s.ok()) s = pair->source->WaitCompleted(tag, seconds(10)).status();
+  }
+  ASSERT_FALSE(s.ok());
+  EXPECT_TRUE(s.code() == Code::kPeerClosed || s.code() == Code::kIo) << s.ToString();
+}
+
+// The bulk transfer: a large region of random pages, every byte verified, over 1 and 4 lanes.
+TEST_P(TransportConformance, BulkTransferVerified) {
+  const uint64_t bytes = GetParam().big_transfer_bytes;
+  const uint64_t pages = bytes / kPage;
+  AnonMemory src(bytes);
+  for (uint64_t p = 0; p < pages; ++p) FillPattern(src.data() + p * kPage, kPage, 77, p);
+  for (uint32_t lanes : {1u, 4u}) {
+    SCOPED_TRACE("lanes=" + std::to_string(lanes));
+    AnonMemory dst(bytes);
+    RegionRegistry regions;
+    ASSERT_TRUE(regions.Add(0, "ram", dst.data(), dst.size()).ok());
+    Result<TransportPair> pair = GetParam().connect(lanes, &regions);
+    ASSERT_TRUE(pair.ok()) << pair.status().ToString();
+    uint64_t tag = 0;
+    PostRange(*pair->source, src.data(), 0, pages, 256, &tag);
+    ASSERT_TRUE(pair->source->PostWatermark(1).ok());
+    Status s = pair->destination->WaitWatermark(1, seconds(120));
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    uint64_t bad = 0;
+    for (uint64_t p = 0; p < pages; ++p) {
+      if (!CheckPattern(dst.data() + p * kPage, kPage, 77, p)) ++bad;
+    }
+    EXPECT_EQ(bad, 0u) << "pages differing out of " << pages;
+    ASSERT_TRUE(pair->source->Finish().ok());
+    ASSERT_TRUE(pair->destination->WaitFinished(seconds(30)).ok());
+  }
+}
+
+}  // namespace
+}  // namespace rdmig::testing
