@@ -1,0 +1,33 @@
+// The control channel: length-prefixed Protobuf messages over one TCP connection.
+// Thread-safety: one thread sends and one thread receives at a time.
+#pragma once
+
+#include <chrono>
+
+#include <google/protobuf/message_lite.h>
+
+#include "transfer/net/socket.h"
+
+namespace rdmig::session {
+
+inline constexpr uint32_t kMaxControlMessageBytes = 64u << 20;
+
+class ControlChannel {
+ public:
+  ControlChannel() = default;
+  explicit ControlChannel(Fd fd, std::string peer) : fd_(std::move(fd)), peer_(std::move(peer)) {}
+
+  Status Send(const google::protobuf::MessageLite& msg);
+  // Receives one message within `timeout`; kPeerClosed when the peer closed first.
+  Status Receive(google::protobuf::MessageLite* msg, std::chrono::milliseconds timeout);
+
+  const std::string& peer() const { return peer_; }
+  int fd() const { return fd_.get(); }
+  void Close() { fd_.reset(); }
+
+ private:
+  Fd fd_;
+  std::string peer_;
+};
+
+}  // namespace rdmig::session

@@ -1,0 +1,259 @@
+#include "control/session/session.h"
+
+#include <xxhash.h>
+
+#include <random>
+
+#include "control/proto/session.pb.h"
+#include "transfer/tcp/tcp_lanes.h"
+#include "transfer/tcp/tcp_transport.h"
+
+namespace rdmig::session {
+
+namespace pb = rdmig::session::pb;
+
+const char* TransportName(TransportKind kind) {
+  return kind == TransportKind::kRdma ? "rdma" : "tcp";
+}
+
+namespace {
+
+pb::TransportKind ToPb(TransportKind k) {
+  return k == TransportKind::kRdma ? pb::TRANSPORT_RDMA : pb::TRANSPORT_TCP;
+}
+
+uint64_t NewSessionId() {
+  std::random_device rd;
+  return (uint64_t{rd()} << 32) ^ rd() ^ 1;
+}
+
+Status CheckLanes(uint32_t lanes, uint32_t max) {
+  if (lanes == 0 || lanes > max) {
+    return Error(Code::kInvalidArgument,
+                 "lane count " + std::to_string(lanes) + " not in 1.." + std::to_string(max));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Source
+
+Result<std::unique_ptr<SourceSession>> SourceSession::Connect(const HostPort& control,
+                                                              std::vector<RegionSpec> regions,
+                                                              const SourceOptions& options) {
+  RDMIG_RETURN_IF_ERROR(CheckLanes(options.lanes, kMaxLanes));
+  RDMIG_ASSIGN_OR_RETURN(Fd fd, ConnectTcp(control, options.timeout));
+  std::unique_ptr<SourceSession> s(new SourceSession());
+  s->control_ = ControlChannel(std::move(fd), control.ToString());
+
+  pb::SourceMessage msg;
+  pb::Hello* hello = msg.mutable_hello();
+  hello->set_protocol_version(kProtocolVersion);
+  for (TransportKind k : options.transports) hello->add_transports(ToPb(k));
+  hello->set_lanes(options.lanes);
+  hello->set_source_name(options.name);
+  for (const RegionSpec& r : regions) {
+    pb::RegionLayout* l = hello->add_regions();
+    l->set_id(r.id);
+    l->set_name(r.name);
+    l->set_length(r.length);
+  }
+  RDMIG_RETURN_IF_ERROR(s->control_.Send(msg));
+
+  pb::DestinationMessage reply;
+  RDMIG_RETURN_IF_ERROR(
+      s->control_.Receive(&reply, options.timeout).Annotate("waiting for the handshake reply"));
+  if (reply.has_refuse()) {
+    return Error(Code::kPermissionDenied,
+                 "destination " + control.ToString() + " refused: " + reply.refuse().reason());
+  }
+  if (!reply.has_accept()) {
+    return Error(Code::kProtocol, "destination sent no handshake reply");
+  }
+  const pb::Accept& acc = reply.accept();
+  if (acc.protocol_version() != kProtocolVersion) {
+    return Error(Code::kProtocol,
+                 "destination speaks protocol " + std::to_string(acc.protocol_version()));
+  }
+  if (acc.lanes() != options.lanes) {
+    return Error(Code::kProtocol, "destination accepted " + std::to_string(acc.lanes()) +
+                                      " lanes, asked for " + std::to_string(options.lanes));
+  }
+  s->session_id_ = acc.session_id();
+  if (acc.transport() != pb::TRANSPORT_TCP) {
+    return Error(Code::kUnavailable, "destination chose a transport this source cannot run");
+  }
+  s->kind_ = TransportKind::kTcp;
+  HostPort data{acc.tcp().host().empty() ? control.host : acc.tcp().host(),
+                static_cast<uint16_t>(acc.tcp().port())};
+  RDMIG_ASSIGN_OR_RETURN(std::vector<Fd> lanes,
+                         ConnectTcpLanes(data, s->session_id_, options.lanes, options.timeout));
+  RDMIG_ASSIGN_OR_RETURN(s->transport_, TcpTransport::Create(std::move(lanes)));
+  return s;
+}
+
+Result<LandedReport> SourceSession::Complete(uint64_t final_mark, uint64_t pages, uint64_t bytes,
+                                             std::chrono::milliseconds timeout) {
+  RDMIG_RETURN_IF_ERROR(transport_->PostWatermark(final_mark));
+  RDMIG_RETURN_IF_ERROR(transport_->Finish());
+  pb::SourceMessage msg;
+  msg.mutable_complete()->set_watermark(final_mark);
+  msg.mutable_complete()->set_pages(pages);
+  msg.mutable_complete()->set_bytes(bytes);
+  RDMIG_RETURN_IF_ERROR(control_.Send(msg));
+  pb::DestinationMessage reply;
+  RDMIG_RETURN_IF_ERROR(control_.Receive(&reply, timeout).Annotate("waiting for landed"));
+  if (!reply.has_landed()) return Error(Code::kProtocol, "expected Landed from the destination");
+  if (!reply.landed().ok()) {
+    return Error(Code::kAborted, "destination failed to land the pages: " + reply.landed().error());
+  }
+  return LandedReport{reply.landed().pages(), reply.landed().bytes()};
+}
+
+Result<std::vector<uint64_t>> SourceSession::FetchDigests(uint32_t region, uint32_t page_size,
+                                                          std::chrono::milliseconds timeout) {
+  pb::SourceMessage msg;
+  msg.mutable_digest_request()->set_region(region);
+  msg.mutable_digest_request()->set_page_size(page_size);
+  RDMIG_RETURN_IF_ERROR(control_.Send(msg));
+  pb::DestinationMessage reply;
+  RDMIG_RETURN_IF_ERROR(control_.Receive(&reply, timeout).Annotate("waiting for digests"));
+  if (!reply.has_digests()) return Error(Code::kProtocol, "expected Digests from the destination");
+  if (!reply.digests().error().empty()) {
+    return Error(Code::kInvalidArgument, "digests: " + reply.digests().error());
+  }
+  return std::vector<uint64_t>(reply.digests().page().begin(), reply.digests().page().end());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Destination
+
+Result<DestinationListener> DestinationListener::Listen(const HostPort& addr) {
+  DestinationListener l;
+  RDMIG_ASSIGN_OR_RETURN(l.fd_, ListenTcp(addr));
+  RDMIG_ASSIGN_OR_RETURN(l.port_, LocalPort(l.fd_.get()));
+  l.host_ = addr.host;
+  return l;
+}
+
+Result<std::unique_ptr<DestinationSession>> DestinationListener::Accept(
+    const PrepareRegions& prepare, const DestinationOptions& options) {
+  RDMIG_ASSIGN_OR_RETURN(Fd fd, AcceptTcp(fd_.get(), options.timeout));
+  std::unique_ptr<DestinationSession> d(new DestinationSession());
+  d->control_ = ControlChannel(std::move(fd), "source");
+
+  pb::SourceMessage msg;
+  RDMIG_RETURN_IF_ERROR(d->control_.Receive(&msg, options.timeout).Annotate("waiting for hello"));
+  auto refuse = [&](Status why) -> Status {
+    pb::DestinationMessage r;
+    r.mutable_refuse()->set_reason(why.message());
+    (void)d->control_.Send(r);  // best effort: the refusal is the error either way
+    return why;
+  };
+  if (!msg.has_hello()) return refuse(Error(Code::kProtocol, "first message is not a hello"));
+  const pb::Hello& hello = msg.hello();
+  if (hello.protocol_version() != kProtocolVersion) {
+    return refuse(Error(Code::kProtocol, "protocol version " +
+                                             std::to_string(hello.protocol_version()) +
+                                             " not supported (this rdmig speaks " +
+                                             std::to_string(kProtocolVersion) + ")"));
+  }
+  if (Status lanes = CheckLanes(hello.lanes(), options.max_lanes); !lanes.ok()) return refuse(lanes);
+  bool tcp_offered = false;
+  for (int t : hello.transports()) tcp_offered |= (t == pb::TRANSPORT_TCP);
+  bool tcp_allowed = false;
+  for (TransportKind k : options.transports) tcp_allowed |= (k == TransportKind::kTcp);
+  if (!tcp_offered || !tcp_allowed) {
+    return refuse(Error(Code::kUnavailable, "no transport in common"));
+  }
+  if (hello.regions_size() == 0) return refuse(Error(Code::kInvalidArgument, "empty region layout"));
+  std::vector<RegionSpec> offered;
+  for (const pb::RegionLayout& r : hello.regions()) offered.push_back({r.id(), r.name(), r.length()});
+
+  d->regions_ = std::make_unique<RegionRegistry>();
+  if (Status prepared = prepare(offered, d->regions_.get()); !prepared.ok()) {
+    return refuse(prepared);
+  }
+
+  RDMIG_ASSIGN_OR_RETURN(Fd data_listener,
+                         ListenTcp(HostPort{options.data_host.empty() ? host_ : options.data_host, 0}));
+  RDMIG_ASSIGN_OR_RETURN(uint16_t data_port, LocalPort(data_listener.get()));
+  d->session_id_ = NewSessionId();
+  d->kind_ = TransportKind::kTcp;
+
+  pb::DestinationMessage reply;
+  pb::Accept* acc = reply.mutable_accept();
+  acc->set_protocol_version(kProtocolVersion);
+  acc->set_transport(pb::TRANSPORT_TCP);
+  acc->set_lanes(hello.lanes());
+  acc->set_session_id(d->session_id_);
+  acc->mutable_tcp()->set_host(options.data_host);
+  acc->mutable_tcp()->set_port(data_port);
+  RDMIG_RETURN_IF_ERROR(d->control_.Send(reply));
+
+  RDMIG_ASSIGN_OR_RETURN(
+      std::vector<Fd> lanes,
+      AcceptTcpLanes(data_listener.get(), d->session_id_, hello.lanes(), options.timeout));
+  RDMIG_ASSIGN_OR_RETURN(d->receiver_, TcpReceiver::Start(std::move(lanes), d->regions_.get()));
+  return d;
+}
+
+Result<LandedReport> DestinationSession::Serve(std::chrono::milliseconds timeout) {
+  LandedReport landed;
+  for (;;) {
+    pb::SourceMessage msg;
+    Status s = control_.Receive(&msg, timeout);
+    if (!s.ok()) {
+      receiver_->Abort();
+      if (s.code() == Code::kPeerClosed && landed.pages + landed.bytes > 0) return landed;
+      return s.Annotate("source control channel");
+    }
+    if (msg.has_complete()) {
+      Status w = receiver_->WaitWatermark(msg.complete().watermark(), timeout);
+      if (w.ok()) w = receiver_->WaitFinished(timeout);
+      for (uint32_t l = 0; l < receiver_->capabilities().lanes; ++l) {
+        LaneCounters c = receiver_->Counters(l);
+        landed.pages += c.pages;
+        landed.bytes += c.bytes;
+      }
+      if (w.ok() && !receiver_->capabilities().one_sided &&
+          (landed.pages != msg.complete().pages() || landed.bytes != msg.complete().bytes())) {
+        w = Error(Code::kProtocol, "landed " + std::to_string(landed.pages) + " pages / " +
+                                       std::to_string(landed.bytes) + " bytes, source sent " +
+                                       std::to_string(msg.complete().pages()) + " / " +
+                                       std::to_string(msg.complete().bytes()));
+      }
+      pb::DestinationMessage reply;
+      reply.mutable_landed()->set_ok(w.ok());
+      reply.mutable_landed()->set_error(w.ok() ? "" : w.ToString());
+      reply.mutable_landed()->set_pages(landed.pages);
+      reply.mutable_landed()->set_bytes(landed.bytes);
+      RDMIG_RETURN_IF_ERROR(control_.Send(reply));
+      if (!w.ok()) return w;
+    } else if (msg.has_digest_request()) {
+      pb::DestinationMessage reply;
+      pb::Digests* out = reply.mutable_digests();
+      const uint32_t id = msg.digest_request().region();
+      const uint32_t page = msg.digest_request().page_size();
+      out->set_region(id);
+      const Region* r = regions_->Find(id);
+      if (r == nullptr || page == 0 || r->length % page != 0) {
+        out->set_error("no region " + std::to_string(id) + " divisible into pages of " +
+                       std::to_string(page) + " bytes");
+      } else {
+        out->mutable_page()->Reserve(static_cast<int>(r->length / page));
+        for (uint64_t off = 0; off < r->length; off += page) {
+          out->add_page(XXH3_64bits(r->base + off, page));
+        }
+      }
+      RDMIG_RETURN_IF_ERROR(control_.Send(reply));
+    } else {
+      receiver_->Abort();
+      return Error(Code::kProtocol, "unexpected control message from the source");
+    }
+  }
+}
+
+}  // namespace rdmig::session

@@ -1,0 +1,126 @@
+// A migration session: the handshake on the control channel, then the negotiated transport.
+//
+// The source connects, offers its transports, lane count and region layout; the destination checks
+// the layout against the memory it prepared, picks the transport, and tells the source where the
+// lanes connect. Both sides then hold a transfer::Transport / Receiver and the control channel.
+// Thread-safety: a session is driven by one thread; its Receiver may be waited on from any.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "control/session/channel.h"
+#include "transfer/region.h"
+#include "transfer/transport.h"
+
+namespace rdmig::session {
+
+inline constexpr uint32_t kProtocolVersion = 1;
+
+enum class TransportKind { kTcp, kRdma };
+const char* TransportName(TransportKind kind);
+
+struct RegionSpec {
+  uint32_t id = 0;
+  std::string name;
+  uint64_t length = 0;
+};
+
+struct SourceOptions {
+  uint32_t lanes = 4;
+  std::vector<TransportKind> transports = {TransportKind::kTcp};
+  std::chrono::milliseconds timeout{10000};  // for each handshake step
+  std::string name;                          // shown in the destination's logs
+};
+
+struct LandedReport {
+  uint64_t pages = 0;
+  uint64_t bytes = 0;
+};
+
+class SourceSession {
+ public:
+  // Connects to the destination's control port and runs the handshake.
+  static Result<std::unique_ptr<SourceSession>> Connect(const HostPort& control,
+                                                        std::vector<RegionSpec> regions,
+                                                        const SourceOptions& options);
+
+  Transport& transport() { return *transport_; }
+  ControlChannel& control() { return control_; }
+  uint64_t session_id() const { return session_id_; }
+  TransportKind transport_kind() const { return kind_; }
+
+  // Posts `final_mark` after everything sent, tells the destination, and waits until it confirms
+  // that every page landed.
+  Result<LandedReport> Complete(uint64_t final_mark, uint64_t pages, uint64_t bytes,
+                                std::chrono::milliseconds timeout);
+
+  // XXH3-64 of every page of `region` as the destination holds it.
+  Result<std::vector<uint64_t>> FetchDigests(uint32_t region, uint32_t page_size,
+                                             std::chrono::milliseconds timeout);
+
+ private:
+  SourceSession() = default;
+  ControlChannel control_;
+  std::unique_ptr<Transport> transport_;
+  uint64_t session_id_ = 0;
+  TransportKind kind_ = TransportKind::kTcp;
+};
+
+struct DestinationOptions {
+  std::vector<TransportKind> transports = {TransportKind::kTcp};
+  uint32_t max_lanes = kMaxLanes;
+  std::chrono::milliseconds timeout{10000};
+  std::string data_host = "";  // where the lanes listen; empty = the control listener's address
+};
+
+// Called with the source's offered layout; fills `regions` with memory to land in, or refuses
+// with a Status whose message the source sees.
+using PrepareRegions =
+    std::function<Status(const std::vector<RegionSpec>& offered, RegionRegistry* regions)>;
+
+class DestinationSession {
+ public:
+  Receiver& receiver() { return *receiver_; }
+  ControlChannel& control() { return control_; }
+  const RegionRegistry& regions() const { return *regions_; }
+  uint64_t session_id() const { return session_id_; }
+  TransportKind transport_kind() const { return kind_; }
+
+  // Serves the source until it completes: waits for its Complete, waits until that watermark
+  // landed and confirms, then answers digest requests until the source closes the channel.
+  // Returns the landed counts, or the first error (also reported to the source).
+  Result<LandedReport> Serve(std::chrono::milliseconds timeout);
+
+ private:
+  friend class DestinationListener;
+  DestinationSession() = default;
+  ControlChannel control_;
+  std::unique_ptr<RegionRegistry> regions_;  // before receiver_: the receiver lands into it
+  std::unique_ptr<Receiver> receiver_;
+  uint64_t session_id_ = 0;
+  TransportKind kind_ = TransportKind::kTcp;
+};
+
+class DestinationListener {
+ public:
+  static Result<DestinationListener> Listen(const HostPort& addr);
+  uint16_t port() const { return port_; }
+  const std::string& host() const { return host_; }
+
+  // Accepts one source and runs the handshake. A refused source gets the reason; the listener
+  // stays usable.
+  Result<std::unique_ptr<DestinationSession>> Accept(const PrepareRegions& prepare,
+                                                     const DestinationOptions& options);
+
+ private:
+  Fd fd_;
+  std::string host_;
+  uint16_t port_ = 0;
+};
+
+}  // namespace rdmig::session
