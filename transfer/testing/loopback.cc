@@ -11,7 +11,7 @@
 namespace rdmig::testing {
 
 AnonMemory::AnonMemory(size_t len) : len_(len) {
-  void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
   if (p == MAP_FAILED) throw std::bad_alloc();
   p_ = static_cast<std::byte*>(p);
 }

@@ -11,7 +11,7 @@
 
 namespace rdmig::testing {
 
-// Anonymous private memory, zero-filled on first touch (mmap), unmapped on destruction.
+// Anonymous private memory, zero-filled and populated at construction, unmapped on destruction.
 class AnonMemory {
  public:
   explicit AnonMemory(size_t len);

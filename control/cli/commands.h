@@ -1,0 +1,14 @@
+// Subcommands of the rdmig command. Each registers its options on the CLI11 app and returns the
+// process exit code when run.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+
+namespace rdmig::cli {
+
+// `rdmig bench`: page throughput between two hosts (server and client), like perftest's pair.
+std::function<int()> AddBenchCommand(CLI::App& app);
+
+}  // namespace rdmig::cli

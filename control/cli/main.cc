@@ -1,0 +1,30 @@
+// rdmig: live migration memory transfer engine.
+#include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+
+#include "control/cli/commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"rdmig: carries live-migration memory between hosts over RDMA or TCP"};
+  app.require_subcommand(1);
+  bool verbose = false;
+  app.add_flag("-v,--verbose", verbose, "log debug messages");
+  app.set_version_flag("--version", "rdmig 0.1.0");
+
+  auto run_bench = rdmig::cli::AddBenchCommand(app);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  // Logs and errors go to stderr; stdout carries reports.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("rdmig"));
+  spdlog::set_pattern("%H:%M:%S.%e rdmig %^%l%$: %v");
+  spdlog::set_level(verbose ? spdlog::level::debug : spdlog::level::info);
+  if (app.got_subcommand("bench")) return run_bench();
+  return 2;
+}

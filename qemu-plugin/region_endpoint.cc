@@ -1,0 +1,145 @@
+#include "qemu-plugin/region_endpoint.h"
+
+#include <sys/mman.h>
+#include <xxhash.h>
+
+#include <vector>
+
+#include "transfer/lanes.h"
+
+namespace rdmig::endpoint {
+
+using Clock = std::chrono::steady_clock;
+
+namespace {
+constexpr uint32_t kMaxBatchPages = 1024;
+
+double Since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Anonymous memory owned for the duration of one served session.
+class Mapping {
+ public:
+  Mapping() = default;
+  Mapping(Mapping&& o) noexcept : p_(std::exchange(o.p_, nullptr)), len_(o.len_) {}
+  Mapping(const Mapping&) = delete;
+  ~Mapping() {
+    if (p_ != nullptr) ::munmap(p_, len_);
+  }
+  static Result<Mapping> Anonymous(uint64_t len) {
+    // Populated up front: faulting pages in while they land costs more than the copy itself.
+    void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (p == MAP_FAILED) return Status::FromErrno("mmap " + std::to_string(len) + " bytes", errno);
+    Mapping m;
+    m.p_ = static_cast<std::byte*>(p);
+    m.len_ = len;
+    return m;
+  }
+  std::byte* data() const { return p_; }
+
+ private:
+  std::byte* p_ = nullptr;
+  uint64_t len_ = 0;
+};
+}  // namespace
+
+Result<SendReport> SendRegion(session::SourceSession& session, uint32_t region,
+                              std::span<const std::byte> memory, const SendOptions& options) {
+  const uint32_t page = options.page_size;
+  if (page == 0 || page > kLaneStripeBytes || memory.size() % page != 0) {
+    return Error(Code::kInvalidArgument, "region of " + std::to_string(memory.size()) +
+                                             " bytes is not a whole number of " +
+                                             std::to_string(page) + "-byte pages");
+  }
+  if (options.batch_pages == 0 || options.batch_pages > kMaxBatchPages) {
+    return Error(Code::kInvalidArgument, "batch of " + std::to_string(options.batch_pages) +
+                                             " pages not in 1.." + std::to_string(kMaxBatchPages));
+  }
+  if (options.passes == 0) return Error(Code::kInvalidArgument, "passes must be at least 1");
+  Transport& tx = session.transport();
+  std::vector<PageWrite> batch(options.batch_pages);
+  const uint64_t total = memory.size();
+  const uint64_t grand_total = total * options.passes;
+  SendReport report;
+  uint64_t tag = 0;
+  const auto t0 = Clock::now();
+  auto next_progress = t0 + options.progress_every;
+  for (uint32_t pass = 0; pass < options.passes; ++pass) {
+    const auto pass_start = Clock::now();
+    for (uint64_t off = 0; off < total;) {
+      size_t n = 0;
+      for (; n < batch.size() && off < total; ++n, off += page) {
+        batch[n] = PageWrite{memory.data() + off, off, page, region};
+      }
+      RDMIG_RETURN_IF_ERROR(tx.Post(std::span(batch.data(), n), ++tag));
+      if (options.progress && Clock::now() >= next_progress) {
+        options.progress(pass * total + off, grand_total);
+        next_progress = Clock::now() + options.progress_every;
+      }
+    }
+    RDMIG_RETURN_IF_ERROR(tx.WaitCompleted(tag, options.timeout).status());
+    report.pass_seconds.push_back(Since(pass_start));
+  }
+  const auto landing_start = Clock::now();
+  RDMIG_ASSIGN_OR_RETURN(session::LandedReport landed,
+                         session.Complete(1, grand_total / page, grand_total, options.timeout));
+  report.pass_seconds.back() += Since(landing_start);
+  report.seconds = Since(t0);
+  report.transport = tx.capabilities().name;
+  report.lanes = tx.capabilities().lanes;
+  report.pages = grand_total / page;
+  report.bytes = grand_total;
+  if (options.progress) options.progress(grand_total, grand_total);
+  if (landed.bytes != grand_total && !tx.capabilities().one_sided) {
+    return Error(Code::kInternal, "destination landed " + std::to_string(landed.bytes) +
+                                      " of " + std::to_string(grand_total) + " bytes");
+  }
+  if (options.verify) {
+    RDMIG_ASSIGN_OR_RETURN(std::vector<uint64_t> digests,
+                           session.FetchDigests(region, page, options.timeout));
+    const uint64_t region_pages = total / page;
+    if (digests.size() != region_pages) {
+      return Error(Code::kProtocol, "destination returned " + std::to_string(digests.size()) +
+                                        " page digests for " + std::to_string(region_pages) +
+                                        " pages");
+    }
+    for (uint64_t p = 0; p < region_pages; ++p) {
+      if (digests[p] != XXH3_64bits(memory.data() + p * page, page)) ++report.mismatched_pages;
+    }
+    report.verified = true;
+  }
+  return report;
+}
+
+Result<ServeReport> ServeOnce(session::DestinationListener& listener, const ServeOptions& options) {
+  std::vector<Mapping> mappings;
+  std::string layout;
+  auto prepare = [&](const std::vector<session::RegionSpec>& offered,
+                     RegionRegistry* regions) -> Status {
+    uint64_t total = 0;
+    for (const auto& r : offered) total += r.length;
+    if (total > options.max_bytes) {
+      return Error(Code::kInvalidArgument, "layout of " + std::to_string(total) +
+                                               " bytes exceeds this server's limit of " +
+                                               std::to_string(options.max_bytes));
+    }
+    for (const auto& r : offered) {
+      RDMIG_ASSIGN_OR_RETURN(Mapping m, Mapping::Anonymous(r.length));
+      RDMIG_RETURN_IF_ERROR(regions->Add(r.id, r.name, m.data(), r.length));
+      mappings.push_back(std::move(m));
+      if (!layout.empty()) layout += ", ";
+      layout += r.name + ": " + std::to_string(r.length) + " bytes";
+    }
+    return Status::Ok();
+  };
+  session::DestinationOptions dopts;
+  dopts.timeout = options.timeout;
+  RDMIG_ASSIGN_OR_RETURN(auto dest, listener.Accept(prepare, dopts));
+  const auto t0 = Clock::now();
+  RDMIG_ASSIGN_OR_RETURN(session::LandedReport landed, dest->Serve(options.timeout));
+  return ServeReport{layout, landed, Since(t0)};
+}
+
+}  // namespace rdmig::endpoint
