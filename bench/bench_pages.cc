@@ -56,7 +56,8 @@ Memory& Mem() {
 void Report(benchmark::State& state, uint64_t allocations) {
   const uint64_t pages = state.iterations() * kChunkPages;
   state.SetBytesProcessed(static_cast<int64_t>(pages * kPage));
-  state.counters["pages_per_second"] = benchmark::Counter(double(pages), benchmark::Counter::kIsRate);
+  state.counters["pages_per_second"] =
+      benchmark::Counter(double(pages), benchmark::Counter::kIsRate);
   state.counters["allocs_per_page"] = double(allocations) / double(pages);
 }
 
@@ -120,7 +121,8 @@ void BM_RawSocket(benchmark::State& state) {
         ssize_t n = ::recv(fd, base + pos, std::min<uint64_t>(slice - pos, 1 << 20), 0);
         if (n <= 0) return;
         pos = (pos + static_cast<uint64_t>(n)) % slice;
-        if (received.fetch_add(static_cast<uint64_t>(n)) + static_cast<uint64_t>(n) >= target.load()) {
+        if (received.fetch_add(static_cast<uint64_t>(n)) + static_cast<uint64_t>(n) >=
+            target.load()) {
           std::lock_guard<std::mutex> lock(mu);
           cv.notify_all();
         }
@@ -174,7 +176,8 @@ void PageArgs(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_TcpTransport)->Apply(PageArgs);
 BENCHMARK(BM_RawSocket)->Apply(PageArgs);
-BENCHMARK(BM_Memcpy)->ArgName("batch")->Arg(1)->Arg(16)->Arg(64)->Arg(256)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Memcpy)->ArgName("batch")->Arg(1)->Arg(16)->Arg(64)->Arg(256)->Unit(
+    benchmark::kMillisecond);
 
 }  // namespace
 }  // namespace rdmig

@@ -93,8 +93,8 @@ Result<SendReport> SendRegion(session::SourceSession& session, uint32_t region,
   report.bytes = grand_total;
   if (options.progress) options.progress(grand_total, grand_total);
   if (landed.bytes != grand_total && !tx.capabilities().one_sided) {
-    return Error(Code::kInternal, "destination landed " + std::to_string(landed.bytes) +
-                                      " of " + std::to_string(grand_total) + " bytes");
+    return Error(Code::kInternal, "destination landed " + std::to_string(landed.bytes) + " of " +
+                                      std::to_string(grand_total) + " bytes");
   }
   if (options.verify) {
     RDMIG_ASSIGN_OR_RETURN(std::vector<uint64_t> digests,

@@ -28,17 +28,18 @@ struct SendOptions {
 struct SendReport {
   std::string transport;
   uint32_t lanes = 0;
-  uint64_t pages = 0;          // over all passes
-  uint64_t bytes = 0;          // over all passes
-  double seconds = 0;          // first Post to the destination's landed confirmation
-  std::vector<double> pass_seconds;  // first to last Post of each pass (the last also waits for landing)
-  bool verified = false;       // every page compared
+  uint64_t pages = 0;  // over all passes
+  uint64_t bytes = 0;  // over all passes
+  double seconds = 0;  // first Post to the destination's landed confirmation
+  std::vector<double>
+      pass_seconds;       // first to last Post of each pass (the last also waits for landing)
+  bool verified = false;  // every page compared
   uint64_t mismatched_pages = 0;
   double bytes_per_second() const { return seconds > 0 ? bytes / seconds : 0; }
 };
 
-// Sends every page of `memory` as region `region` of the session's layout (`passes` times), then completes the
-// session (final watermark, landed confirmation) and, if asked, verifies every page.
+// Sends every page of `memory` as region `region` of the session's layout (`passes` times), then
+// completes the session (final watermark, landed confirmation) and, if asked, verifies every page.
 Result<SendReport> SendRegion(session::SourceSession& session, uint32_t region,
                               std::span<const std::byte> memory, const SendOptions& options);
 

@@ -18,7 +18,8 @@ TEST(RegionEndpoint, SendsVerifiesAndCountsEveryPage) {
   testing::FillPattern(src.data(), kBytes, 21, 0);
   auto listener = session::DestinationListener::Listen(HostPort{"127.0.0.1", 0});
   ASSERT_TRUE(listener.ok());
-  auto served = std::async(std::launch::async, [&] { return ServeOnce(*listener, ServeOptions{}); });
+  auto served =
+      std::async(std::launch::async, [&] { return ServeOnce(*listener, ServeOptions{}); });
   session::SourceOptions sopts;
   sopts.lanes = 4;
   auto s = session::SourceSession::Connect(HostPort{"127.0.0.1", listener->port()},

@@ -6,17 +6,28 @@ namespace rdmig {
 
 std::string_view CodeName(Code code) {
   switch (code) {
-    case Code::kOk: return "OK";
-    case Code::kInvalidArgument: return "invalid argument";
-    case Code::kOutOfRange: return "out of range";
-    case Code::kProtocol: return "protocol error";
-    case Code::kPeerClosed: return "peer closed";
-    case Code::kIo: return "I/O error";
-    case Code::kTimeout: return "timeout";
-    case Code::kUnavailable: return "unavailable";
-    case Code::kPermissionDenied: return "permission denied";
-    case Code::kAborted: return "aborted";
-    case Code::kInternal: return "internal error";
+    case Code::kOk:
+      return "OK";
+    case Code::kInvalidArgument:
+      return "invalid argument";
+    case Code::kOutOfRange:
+      return "out of range";
+    case Code::kProtocol:
+      return "protocol error";
+    case Code::kPeerClosed:
+      return "peer closed";
+    case Code::kIo:
+      return "I/O error";
+    case Code::kTimeout:
+      return "timeout";
+    case Code::kUnavailable:
+      return "unavailable";
+    case Code::kPermissionDenied:
+      return "permission denied";
+    case Code::kAborted:
+      return "aborted";
+    case Code::kInternal:
+      return "internal error";
   }
   return "unknown";
 }

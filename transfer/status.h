@@ -1,6 +1,6 @@
-// Status and Result<T>: the one error type of rdmig. Library code reports failures through these and
-// never throws across a module boundary or exits.
-// Thread-safety: value types; a const instance may be read from any thread.
+// Status and Result<T>: the one error type of rdmig. Library code reports failures through these
+// and never throws across a module boundary or exits. Thread-safety: value types; a const instance
+// may be read from any thread.
 #pragma once
 
 #include <cstdint>
@@ -55,7 +55,7 @@ inline Status Error(Code code, std::string message) { return Status(code, std::m
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : value_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : value_(std::move(value)) {}         // NOLINT: implicit by design
   Result(Status status) : status_(std::move(status)) {  // NOLINT: implicit by design
     if (status_.ok()) status_ = Status(Code::kInternal, "Result constructed from an OK status");
   }
@@ -81,9 +81,9 @@ class [[nodiscard]] Result {
 #define RDMIG_CONCAT_(a, b) RDMIG_CONCAT_INNER_(a, b)
 
 // Returns from the calling function when `expr` (a Status) is not OK.
-#define RDMIG_RETURN_IF_ERROR(expr)               \
-  do {                                            \
-    ::rdmig::Status rdmig_status_ = (expr);       \
+#define RDMIG_RETURN_IF_ERROR(expr)                \
+  do {                                             \
+    ::rdmig::Status rdmig_status_ = (expr);        \
     if (!rdmig_status_.ok()) return rdmig_status_; \
   } while (0)
 

@@ -1,6 +1,6 @@
-// The Transport interface: the data plane as the rest of rdmig sees it. Pages go in as batches on the
-// source; on the destination they land in registered regions and per-lane watermarks come out. The
-// interface knows no transport: what differs is described by Capabilities, never by #ifdef.
+// The Transport interface: the data plane as the rest of rdmig sees it. Pages go in as batches on
+// the source; on the destination they land in registered regions and per-lane watermarks come out.
+// The interface knows no transport: what differs is described by Capabilities, never by #ifdef.
 #pragma once
 
 #include <chrono>
@@ -52,7 +52,8 @@ class Transport {
   // returns the highest tag known complete.
   virtual Result<uint64_t> WaitCompleted(uint64_t tag, std::chrono::milliseconds timeout) = 0;
 
-  // Ends the data stream on every lane after everything posted; the destination sees an orderly end.
+  // Ends the data stream on every lane after everything posted; the destination sees an orderly
+  // end.
   virtual Status Finish() = 0;
 };
 

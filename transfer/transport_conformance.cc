@@ -162,7 +162,8 @@ TEST_P(TransportConformance, SourceSeesDestinationGoAway) {
   // Socket buffers absorb a few MiB; the error must come well before 1 GiB.
   for (int round = 0; round < 4096 && s.ok(); ++round) {
     std::vector<PageWrite> batch;
-    for (uint64_t p = 0; p < 64; ++p) batch.push_back({src.data() + p * kPage, p * kPage, kPage, 0});
+    for (uint64_t p = 0; p < 64; ++p)
+      batch.push_back({src.data() + p * kPage, p * kPage, kPage, 0});
     s = pair->source->Post(batch, ++tag);
     if (s.ok()) s = pair->source->WaitCompleted(tag, seconds(10)).status();
   }

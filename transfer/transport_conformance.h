@@ -3,11 +3,11 @@
 //   INSTANTIATE_TEST_SUITE_P(Tcp, TransportConformance, ::testing::Values(ConformanceTarget{...}));
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <functional>
 #include <memory>
 #include <string>
-
-#include <gtest/gtest.h>
 
 #include "transfer/region.h"
 #include "transfer/transport.h"

@@ -1,10 +1,10 @@
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 
 #include "control/cli/commands.h"
 #include "control/cli/size.h"
@@ -105,10 +105,11 @@ int RunClient(const BenchArgs& a) {
     spdlog::error("transfer failed: {}", r.status().ToString());
     return 1;
   }
-  std::printf("rdmig bench: %s in %lu pages of %u bytes over %s, %u lanes, batches of %u pages,"
-              " %u pass(es)\n",
-              FormatBytes(double(r->bytes)).c_str(), static_cast<unsigned long>(r->pages), kPage,
-              r->transport.c_str(), r->lanes, a.batch, a.passes);
+  std::printf(
+      "rdmig bench: %s in %lu pages of %u bytes over %s, %u lanes, batches of %u pages,"
+      " %u pass(es)\n",
+      FormatBytes(double(r->bytes)).c_str(), static_cast<unsigned long>(r->pages), kPage,
+      r->transport.c_str(), r->lanes, a.batch, a.passes);
   for (size_t i = 0; i < r->pass_seconds.size(); ++i) {
     std::printf("  pass %zu      %.3f s, %s/s\n", i + 1, r->pass_seconds[i],
                 FormatBytes(double(*size) / r->pass_seconds[i]).c_str());
@@ -123,12 +124,12 @@ int RunClient(const BenchArgs& a) {
                 static_cast<unsigned long>(pages));
   }
   if (!a.json.empty()) {
-    nlohmann::json j = {{"transport", r->transport},     {"lanes", r->lanes},
-                        {"batch_pages", a.batch},        {"page_size", kPage},
-                        {"bytes", r->bytes},             {"pages", r->pages},
-                        {"seconds", r->seconds},         {"bytes_per_second", r->bytes_per_second()},
-                        {"verified", r->verified},       {"mismatched_pages", r->mismatched_pages},
-                        {"passes", a.passes},            {"pass_seconds", r->pass_seconds}};
+    nlohmann::json j = {{"transport", r->transport}, {"lanes", r->lanes},
+                        {"batch_pages", a.batch},    {"page_size", kPage},
+                        {"bytes", r->bytes},         {"pages", r->pages},
+                        {"seconds", r->seconds},     {"bytes_per_second", r->bytes_per_second()},
+                        {"verified", r->verified},   {"mismatched_pages", r->mismatched_pages},
+                        {"passes", a.passes},        {"pass_seconds", r->pass_seconds}};
     std::ofstream(a.json) << j.dump(2) << "\n";
   }
   if (r->mismatched_pages > 0) {
@@ -151,7 +152,8 @@ std::function<int()> AddBenchCommand(CLI::App& app) {
   cmd->add_option("--max-memory", args->max_memory, "server: largest layout accepted")
       ->capture_default_str();
   auto* client = cmd->add_option("--client", args->client, "send pages to the server at HOST:PORT");
-  cmd->add_option("--size", args->size, "client: bytes to move (K, M, G suffixes)")->capture_default_str();
+  cmd->add_option("--size", args->size, "client: bytes to move (K, M, G suffixes)")
+      ->capture_default_str();
   cmd->add_option("--lanes", args->lanes, "client: lanes (connections or queue pairs)")
       ->check(CLI::Range(1, 16))
       ->capture_default_str();

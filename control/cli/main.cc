@@ -1,8 +1,8 @@
 // rdmig: live migration memory transfer engine.
-#include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 
 #include "control/cli/commands.h"

@@ -9,18 +9,20 @@ namespace rdmig::cli {
 
 Result<uint64_t> ParseSize(std::string_view text) {
   auto bad = [&] {
-    return Error(Code::kInvalidArgument,
-                 "bad size '" + std::string(text) + "': want a number with an optional K, M, G or T");
+    return Error(Code::kInvalidArgument, "bad size '" + std::string(text) +
+                                             "': want a number with an optional K, M, G or T");
   };
   size_t i = 0;
-  while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.')) ++i;
+  while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.'))
+    ++i;
   if (i == 0) return bad();
   std::string number(text.substr(0, i));
   char* end = nullptr;
   double value = std::strtod(number.c_str(), &end);
   if (end != number.c_str() + number.size()) return bad();
   std::string suffix;
-  for (char c : text.substr(i)) suffix += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  for (char c : text.substr(i))
+    suffix += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   double mult = 1;
   if (suffix.empty() || suffix == "B") {
     mult = 1;
@@ -38,7 +40,8 @@ Result<uint64_t> ParseSize(std::string_view text) {
   double bytes = value * mult;
   if (bytes >= 18446744073709551615.0) return bad();
   if (bytes != std::floor(bytes)) {
-    return Error(Code::kInvalidArgument, "size '" + std::string(text) + "' is not a whole number of bytes");
+    return Error(Code::kInvalidArgument,
+                 "size '" + std::string(text) + "' is not a whole number of bytes");
   }
   return static_cast<uint64_t>(bytes);
 }

@@ -8,8 +8,8 @@ namespace rdmig::session {
 Status ControlChannel::Send(const google::protobuf::MessageLite& msg) {
   const size_t size = msg.ByteSizeLong();
   if (size > kMaxControlMessageBytes) {
-    return Error(Code::kInvalidArgument, "control message of " + std::to_string(size) +
-                                             " bytes exceeds the limit");
+    return Error(Code::kInvalidArgument,
+                 "control message of " + std::to_string(size) + " bytes exceeds the limit");
   }
   std::string buf(4 + size, '\0');
   buf[0] = static_cast<char>(size >> 24);

@@ -2,9 +2,9 @@
 // Thread-safety: one thread sends and one thread receives at a time.
 #pragma once
 
-#include <chrono>
-
 #include <google/protobuf/message_lite.h>
+
+#include <chrono>
 
 #include "transfer/net/socket.h"
 

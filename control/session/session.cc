@@ -160,7 +160,8 @@ Result<std::unique_ptr<DestinationSession>> DestinationListener::Accept(
                                              " not supported (this rdmig speaks " +
                                              std::to_string(kProtocolVersion) + ")"));
   }
-  if (Status lanes = CheckLanes(hello.lanes(), options.max_lanes); !lanes.ok()) return refuse(lanes);
+  if (Status lanes = CheckLanes(hello.lanes(), options.max_lanes); !lanes.ok())
+    return refuse(lanes);
   bool tcp_offered = false;
   for (int t : hello.transports()) tcp_offered |= (t == pb::TRANSPORT_TCP);
   bool tcp_allowed = false;
@@ -168,17 +169,20 @@ Result<std::unique_ptr<DestinationSession>> DestinationListener::Accept(
   if (!tcp_offered || !tcp_allowed) {
     return refuse(Error(Code::kUnavailable, "no transport in common"));
   }
-  if (hello.regions_size() == 0) return refuse(Error(Code::kInvalidArgument, "empty region layout"));
+  if (hello.regions_size() == 0)
+    return refuse(Error(Code::kInvalidArgument, "empty region layout"));
   std::vector<RegionSpec> offered;
-  for (const pb::RegionLayout& r : hello.regions()) offered.push_back({r.id(), r.name(), r.length()});
+  for (const pb::RegionLayout& r : hello.regions())
+    offered.push_back({r.id(), r.name(), r.length()});
 
   d->regions_ = std::make_unique<RegionRegistry>();
   if (Status prepared = prepare(offered, d->regions_.get()); !prepared.ok()) {
     return refuse(prepared);
   }
 
-  RDMIG_ASSIGN_OR_RETURN(Fd data_listener,
-                         ListenTcp(HostPort{options.data_host.empty() ? host_ : options.data_host, 0}));
+  RDMIG_ASSIGN_OR_RETURN(
+      Fd data_listener,
+      ListenTcp(HostPort{options.data_host.empty() ? host_ : options.data_host, 0}));
   RDMIG_ASSIGN_OR_RETURN(uint16_t data_port, LocalPort(data_listener.get()));
   d->session_id_ = NewSessionId();
   d->kind_ = TransportKind::kTcp;
@@ -193,9 +197,8 @@ Result<std::unique_ptr<DestinationSession>> DestinationListener::Accept(
   acc->mutable_tcp()->set_port(data_port);
   RDMIG_RETURN_IF_ERROR(d->control_.Send(reply));
 
-  RDMIG_ASSIGN_OR_RETURN(
-      std::vector<Fd> lanes,
-      AcceptTcpLanes(data_listener.get(), d->session_id_, hello.lanes(), options.timeout));
+  RDMIG_ASSIGN_OR_RETURN(std::vector<Fd> lanes, AcceptTcpLanes(data_listener.get(), d->session_id_,
+                                                               hello.lanes(), options.timeout));
   RDMIG_ASSIGN_OR_RETURN(d->receiver_, TcpReceiver::Start(std::move(lanes), d->regions_.get()));
   return d;
 }

@@ -77,8 +77,9 @@ TEST_F(SessionTest, HandshakeThenTransferThenDigests) {
 }
 
 TEST_F(SessionTest, LayoutMismatchIsRefusedWithTheReason) {
-  auto dest = std::async(std::launch::async,
-                         [&] { return listener_->Accept(Prepare(), DestinationOptions{}).status(); });
+  auto dest = std::async(std::launch::async, [&] {
+    return listener_->Accept(Prepare(), DestinationOptions{}).status();
+  });
   auto s = SourceSession::Connect(addr(), {{0, "ram", kBytes * 2}}, SourceOptions{});
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.status().code(), Code::kPermissionDenied);
@@ -103,8 +104,9 @@ TEST_F(SessionTest, TooManyLanesRefused) {
 }
 
 TEST_F(SessionTest, NoCommonTransportRefused) {
-  auto dest = std::async(std::launch::async,
-                         [&] { return listener_->Accept(Prepare(), DestinationOptions{}).status(); });
+  auto dest = std::async(std::launch::async, [&] {
+    return listener_->Accept(Prepare(), DestinationOptions{}).status();
+  });
   SourceOptions opts;
   opts.transports = {TransportKind::kRdma};
   auto s = SourceSession::Connect(addr(), {{0, "ram", kBytes}}, opts);

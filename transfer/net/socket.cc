@@ -25,14 +25,16 @@ Result<HostPort> ParseHostPort(std::string_view text, std::string_view default_h
   if (!text.empty() && text.front() == '[') {
     size_t close = text.find(']');
     if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') {
-      return Error(Code::kInvalidArgument, "bad address '" + std::string(text) + "': want [V6]:PORT");
+      return Error(Code::kInvalidArgument,
+                   "bad address '" + std::string(text) + "': want [V6]:PORT");
     }
     out.host = std::string(text.substr(1, close - 1));
     port_text = text.substr(close + 2);
   } else {
     size_t colon = text.rfind(':');
     if (colon == std::string_view::npos) {
-      return Error(Code::kInvalidArgument, "bad address '" + std::string(text) + "': want HOST:PORT");
+      return Error(Code::kInvalidArgument,
+                   "bad address '" + std::string(text) + "': want HOST:PORT");
     }
     out.host = std::string(colon == 0 ? default_host : text.substr(0, colon));
     port_text = text.substr(colon + 1);
@@ -69,8 +71,8 @@ Status PollFor(int fd, short events, std::chrono::milliseconds timeout, std::str
     int rc = ::poll(&p, 1, static_cast<int>(timeout.count()));
     if (rc > 0) return Status::Ok();
     if (rc == 0) {
-      return Error(Code::kTimeout,
-                   std::string(what) + ": no progress within " + std::to_string(timeout.count()) + " ms");
+      return Error(Code::kTimeout, std::string(what) + ": no progress within " +
+                                       std::to_string(timeout.count()) + " ms");
     }
     if (errno != EINTR) return Status::FromErrno(std::string(what) + ": poll", errno);
   }
@@ -210,7 +212,9 @@ Status SendAllV(int fd, struct iovec* iov, int iovcnt, std::string_view what) {
 }
 
 Status SendAll(int fd, const void* data, size_t len, std::string_view what) {
-  struct iovec iov{const_cast<void*>(data), len};
+  struct iovec iov {
+    const_cast<void*>(data), len
+  };
   return SendAllV(fd, &iov, 1, what);
 }
 
@@ -244,7 +248,9 @@ Status RecvAllV(int fd, struct iovec* iov, int iovcnt, std::string_view what, si
 }
 
 Status RecvAll(int fd, void* data, size_t len, std::string_view what, size_t* got) {
-  struct iovec iov{data, len};
+  struct iovec iov {
+    data, len
+  };
   return RecvAllV(fd, &iov, 1, what, got);
 }
 

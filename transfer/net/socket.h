@@ -1,5 +1,6 @@
-// File descriptors and TCP sockets: the few system calls every transport and the control channel share.
-// Thread-safety: Fd is a move-only owner; one thread uses it at a time (shutdown() may come from any).
+// File descriptors and TCP sockets: the few system calls every transport and the control channel
+// share. Thread-safety: Fd is a move-only owner; one thread uses it at a time (shutdown() may come
+// from any).
 #pragma once
 
 #include <sys/uio.h>
@@ -68,7 +69,8 @@ Status SendAll(int fd, const void* data, size_t len, std::string_view what);
 // Receives exactly `len` bytes. On a clean end of stream before the first byte returns kPeerClosed
 // with `*got` = 0; mid-way it returns kPeerClosed with the bytes received so far in `*got`.
 Status RecvAll(int fd, void* data, size_t len, std::string_view what, size_t* got = nullptr);
-Status RecvAllV(int fd, struct iovec* iov, int iovcnt, std::string_view what, size_t* got = nullptr);
+Status RecvAllV(int fd, struct iovec* iov, int iovcnt, std::string_view what,
+                size_t* got = nullptr);
 
 // Waits until `fd` is readable; kTimeout after `timeout`.
 Status WaitReadable(int fd, std::chrono::milliseconds timeout, std::string_view what);

@@ -9,7 +9,8 @@ Result<TransportPair> ConnectTcp(uint32_t lanes, const RegionRegistry* regions) 
   RDMIG_ASSIGN_OR_RETURN(LanePair fds, LoopbackTcpLanes(lanes));
   RDMIG_ASSIGN_OR_RETURN(std::unique_ptr<TcpReceiver> rx,
                          TcpReceiver::Start(std::move(fds.destination), regions));
-  RDMIG_ASSIGN_OR_RETURN(std::unique_ptr<TcpTransport> tx, TcpTransport::Create(std::move(fds.source)));
+  RDMIG_ASSIGN_OR_RETURN(std::unique_ptr<TcpTransport> tx,
+                         TcpTransport::Create(std::move(fds.source)));
   return TransportPair{std::move(tx), std::move(rx)};
 }
 

@@ -64,10 +64,10 @@ Status TcpTransport::Post(std::span<const PageWrite> batch, uint64_t tag) {
   }
   for (const PageWrite& p : batch) {
     if (p.length == 0 || p.length > kMaxRunBytes || !WithinOneStripe(p.offset, p.length)) {
-      return Error(Code::kInvalidArgument, "tcp transport: page run at offset " +
-                                               std::to_string(p.offset) + " of " +
-                                               std::to_string(p.length) +
-                                               " bytes is empty, too long or crosses a lane stripe");
+      return Error(Code::kInvalidArgument,
+                   "tcp transport: page run at offset " + std::to_string(p.offset) + " of " +
+                       std::to_string(p.length) +
+                       " bytes is empty, too long or crosses a lane stripe");
     }
     Lane& lane = lanes_[LaneOf(p.region, p.offset, lane_count_)];
     tcpwire::Encode(tcpwire::PageDesc{p.region, p.length, p.offset},
@@ -112,8 +112,8 @@ Result<uint64_t> TcpTransport::WaitCompleted(uint64_t tag, std::chrono::millisec
   // Post returns once the kernel holds the bytes: every posted batch is complete.
   if (!broken_.ok()) return broken_;
   if (tag > last_tag_) {
-    return Error(Code::kInvalidArgument, "tcp transport: wait for tag " + std::to_string(tag) +
-                                             " that was never posted");
+    return Error(Code::kInvalidArgument,
+                 "tcp transport: wait for tag " + std::to_string(tag) + " that was never posted");
   }
   return last_tag_;
 }
@@ -170,7 +170,9 @@ TcpReceiver::~TcpReceiver() {
   }
 }
 
-void TcpReceiver::Run(Lane& lane) { LaneDone(lane, LandFrames(lane).Annotate(LaneName(lane.index))); }
+void TcpReceiver::Run(Lane& lane) {
+  LaneDone(lane, LandFrames(lane).Annotate(LaneName(lane.index)));
+}
 
 Status TcpReceiver::LandFrames(Lane& lane) {
   using namespace tcpwire;
@@ -180,7 +182,8 @@ Status TcpReceiver::LandFrames(Lane& lane) {
     Status s = RecvAll(fd, lane.head.data(), kHeaderBytes, "frame header", &got);
     if (!s.ok()) {
       if (s.code() == Code::kPeerClosed && got == 0) {
-        return Error(Code::kPeerClosed, "source closed the connection before the end of the stream");
+        return Error(Code::kPeerClosed,
+                     "source closed the connection before the end of the stream");
       }
       if (s.code() == Code::kPeerClosed) {
         return Error(Code::kPeerClosed, "truncated frame header: the source closed after " +
@@ -191,11 +194,12 @@ Status TcpReceiver::LandFrames(Lane& lane) {
     }
     const FrameHeader h = DecodeHeader(lane.head.data());
     if (h.magic != kMagic) {
-      return Error(Code::kProtocol, "bad frame magic 0x" + [&] {
-        char buf[16];
-        snprintf(buf, sizeof(buf), "%08x", h.magic);
-        return std::string(buf);
-      }() + " (not an rdmig TCP lane or a corrupt stream)");
+      return Error(
+          Code::kProtocol, "bad frame magic 0x" + [&] {
+            char buf[16];
+            snprintf(buf, sizeof(buf), "%08x", h.magic);
+            return std::string(buf);
+          }() + " (not an rdmig TCP lane or a corrupt stream)");
     }
     if (h.version != kVersion) {
       return Error(Code::kProtocol, "unsupported frame version " + std::to_string(h.version) +
@@ -215,9 +219,8 @@ Status TcpReceiver::LandFrames(Lane& lane) {
         uint64_t payload = 0;
         for (uint32_t i = 0; i < h.count; ++i) {
           const PageDesc d = DecodeDesc(descs + i * kDescBytes);
-          std::byte* dst = d.length <= kMaxRunBytes
-                               ? regions_->Resolve(d.region, d.offset, d.length)
-                               : nullptr;
+          std::byte* dst =
+              d.length <= kMaxRunBytes ? regions_->Resolve(d.region, d.offset, d.length) : nullptr;
           if (dst == nullptr) {
             Result<std::byte*> why = regions_->Check(d.region, d.offset, d.length);
             std::string reason = why.ok() ? "length " + std::to_string(d.length) + " exceeds " +
@@ -312,9 +315,8 @@ uint64_t TcpReceiver::LandedWatermark() const {
 
 Status TcpReceiver::WaitWatermark(uint64_t mark, std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, timeout, [&]() REQUIRES(mu_) {
-    return !error_.ok() || MinWatermarkLocked() >= mark;
-  });
+  cv_.wait_for(lock, timeout,
+               [&]() REQUIRES(mu_) { return !error_.ok() || MinWatermarkLocked() >= mark; });
   if (MinWatermarkLocked() >= mark) return Status::Ok();
   if (!error_.ok()) return error_;
   return Error(Code::kTimeout, "tcp receiver: watermark " + std::to_string(mark) +
@@ -335,7 +337,8 @@ Status TcpReceiver::WaitFinished(std::chrono::milliseconds timeout) {
 
 LaneCounters TcpReceiver::Counters(uint32_t lane) const {
   const Lane& l = lanes_[lane];
-  return LaneCounters{l.pages.load(std::memory_order_relaxed), l.bytes.load(std::memory_order_relaxed),
+  return LaneCounters{l.pages.load(std::memory_order_relaxed),
+                      l.bytes.load(std::memory_order_relaxed),
                       l.watermark.load(std::memory_order_acquire)};
 }
 

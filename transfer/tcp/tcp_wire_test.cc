@@ -55,7 +55,8 @@ TEST(LaneOf, OwnsStripesRoundRobin) {
   EXPECT_FALSE(WithinOneStripe(kLaneStripeBytes - 4096, 8192));
 }
 
-// Every copy of every page is seen on exactly the lane LaneOf names, framed as the wire format says.
+// Every copy of every page is seen on exactly the lane LaneOf names, framed as the wire format
+// says.
 TEST(TcpWire, EveryPageTravelsOnItsOwnLane) {
   constexpr uint32_t kLanes = 4;
   constexpr uint64_t kPages = 8 * kLaneStripeBytes / 4096;

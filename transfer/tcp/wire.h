@@ -55,7 +55,8 @@ struct LaneHello {
 };
 
 // rdmig runs on little-endian hosts (x86-64, AArch64), so the wire's byte order is the host's.
-static_assert(std::endian::native == std::endian::little, "wire format assumes a little-endian host");
+static_assert(std::endian::native == std::endian::little,
+              "wire format assumes a little-endian host");
 
 template <typename T>
 inline void Store(std::byte* p, T v) {
@@ -101,7 +102,7 @@ inline void Encode(const LaneHello& h, std::byte* p) {
   Store<uint64_t>(p + 16, h.session_id);
 }
 inline LaneHello DecodeHello(const std::byte* p) {
-  return LaneHello{Load<uint32_t>(p), Load<uint8_t>(p + 4), Load<uint8_t>(p + 5),
+  return LaneHello{Load<uint32_t>(p),     Load<uint8_t>(p + 4),  Load<uint8_t>(p + 5),
                    Load<uint16_t>(p + 6), Load<uint32_t>(p + 8), Load<uint64_t>(p + 16)};
 }
 

@@ -3,15 +3,16 @@
 #include <sys/mman.h>
 
 #include <cstring>
-#include <new>
 #include <future>
+#include <new>
 
 #include "transfer/tcp/tcp_lanes.h"
 
 namespace rdmig::testing {
 
 AnonMemory::AnonMemory(size_t len) : len_(len) {
-  void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE,
+                   -1, 0);
   if (p == MAP_FAILED) throw std::bad_alloc();
   p_ = static_cast<std::byte*>(p);
 }

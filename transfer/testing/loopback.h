@@ -15,7 +15,8 @@ namespace rdmig::testing {
 class AnonMemory {
  public:
   explicit AnonMemory(size_t len);
-  AnonMemory(AnonMemory&& o) noexcept : p_(std::exchange(o.p_, nullptr)), len_(std::exchange(o.len_, 0)) {}
+  AnonMemory(AnonMemory&& o) noexcept
+      : p_(std::exchange(o.p_, nullptr)), len_(std::exchange(o.len_, 0)) {}
   AnonMemory(const AnonMemory&) = delete;
   AnonMemory& operator=(const AnonMemory&) = delete;
   ~AnonMemory();
