@@ -14,20 +14,9 @@
 #include <vector>
 
 #include "transfer/tcp/tcp_transport.h"
+#include "transfer/testing/alloc_counter.h"
 #include "transfer/testing/loopback.h"
 
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-static std::atomic<uint64_t> g_allocations{0};
-void* operator new(size_t n) {
-  g_allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](size_t n) { return operator new(n); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, size_t) noexcept { std::free(p); }
-void operator delete[](void* p, size_t) noexcept { std::free(p); }
 
 namespace rdmig {
 namespace {
@@ -74,7 +63,7 @@ void BM_TcpTransport(benchmark::State& state) {
   if (!rx.ok() || !tx.ok()) return state.SkipWithError("transport set-up failed");
   std::vector<PageWrite> writes(batch);
   uint64_t tag = 0, mark = 0, next_page = 0;
-  const uint64_t allocations_before = g_allocations.load();
+  const uint64_t allocations_before = testing::AllocationCount();
   for (auto _ : state) {
     for (uint64_t sent = 0; sent < kChunkPages; sent += batch) {
       for (uint32_t i = 0; i < batch; ++i) {
@@ -90,7 +79,7 @@ void BM_TcpTransport(benchmark::State& state) {
     if (s.ok()) s = (*rx)->WaitWatermark(mark, std::chrono::seconds(60));
     if (!s.ok()) return state.SkipWithError(s.ToString().c_str());
   }
-  Report(state, g_allocations.load() - allocations_before);
+  Report(state, testing::AllocationCount() - allocations_before);
 }
 
 // The baseline: plain send() of the same bytes, round-robin over `conns` connections, and one
@@ -130,7 +119,7 @@ void BM_RawSocket(benchmark::State& state) {
     });
   }
   uint64_t offset = 0, total = 0, call = 0;
-  const uint64_t allocations_before = g_allocations.load();
+  const uint64_t allocations_before = testing::AllocationCount();
   for (auto _ : state) {
     total += kChunkBytes;
     target.store(total);
@@ -144,7 +133,7 @@ void BM_RawSocket(benchmark::State& state) {
     std::unique_lock<std::mutex> lock(mu);
     cv.wait(lock, [&] { return received.load() >= total; });
   }
-  Report(state, g_allocations.load() - allocations_before);
+  Report(state, testing::AllocationCount() - allocations_before);
   for (auto& fd : fds->source) ::shutdown(fd.get(), SHUT_RDWR);
   for (auto& t : receivers) t.join();
 }

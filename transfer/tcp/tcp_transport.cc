@@ -9,18 +9,25 @@ namespace rdmig {
 
 namespace {
 std::string LaneName(uint32_t lane) { return "tcp lane " + std::to_string(lane); }
+
+Capabilities TcpCapabilities(uint32_t lanes) {
+  Capabilities caps;
+  caps.name = "tcp";
+  caps.lanes = lanes;
+  caps.one_sided = false;
+  caps.completes_on_post = true;  // the kernel holds the bytes when sendmsg returns
+  caps.zero_copy_send = true;     // payloads leave from the caller's pages
+  return caps;
+}
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
 // Sender
 
 TcpTransport::TcpTransport(std::vector<Fd> lanes)
-    : lanes_(new Lane[lanes.size()]), lane_count_(static_cast<uint32_t>(lanes.size())) {
-  caps_.name = "tcp";
-  caps_.lanes = lane_count_;
-  caps_.one_sided = false;
-  caps_.completes_on_post = true;
-  caps_.zero_copy_send = true;
+    : caps_(TcpCapabilities(static_cast<uint32_t>(lanes.size()))),
+      lanes_(new Lane[lanes.size()]),
+      lane_count_(static_cast<uint32_t>(lanes.size())) {
   for (uint32_t i = 0; i < lane_count_; ++i) {
     lanes_[i].fd = std::move(lanes[i]);
     lanes_[i].index = i;
@@ -133,14 +140,10 @@ Status TcpTransport::Finish() {
 // Receiver
 
 TcpReceiver::TcpReceiver(std::vector<Fd> lanes, const RegionRegistry* regions)
-    : regions_(regions),
+    : caps_(TcpCapabilities(static_cast<uint32_t>(lanes.size()))),
+      regions_(regions),
       lanes_(new Lane[lanes.size()]),
       lane_count_(static_cast<uint32_t>(lanes.size())) {
-  caps_.name = "tcp";
-  caps_.lanes = lane_count_;
-  caps_.one_sided = false;
-  caps_.completes_on_post = true;
-  caps_.zero_copy_send = true;
   for (uint32_t i = 0; i < lane_count_; ++i) {
     lanes_[i].fd = std::move(lanes[i]);
     lanes_[i].index = i;
