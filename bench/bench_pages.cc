@@ -17,7 +17,6 @@
 #include "transfer/testing/alloc_counter.h"
 #include "transfer/testing/loopback.h"
 
-
 namespace rdmig {
 namespace {
 

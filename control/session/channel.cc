@@ -26,6 +26,9 @@ Status ControlChannel::Receive(google::protobuf::MessageLite* msg,
                                std::chrono::milliseconds timeout) {
   const std::string what = "control channel from " + peer_;
   RDMIG_RETURN_IF_ERROR(WaitReadable(fd_.get(), timeout, what));
+  // The whole message must arrive within the timeout too: a peer that stalls mid-message is an
+  // error, not a hang.
+  RDMIG_RETURN_IF_ERROR(SetReceiveTimeout(fd_.get(), timeout));
   std::array<unsigned char, 4> len;
   RDMIG_RETURN_IF_ERROR(RecvAll(fd_.get(), len.data(), len.size(), what));
   const uint32_t size = (uint32_t{len[0]} << 24) | (uint32_t{len[1]} << 16) |

@@ -35,6 +35,20 @@ TEST(ControlChannel, RoundTripAndMalformedInput) {
   EXPECT_NE(s.message().find("exceeds the limit"), std::string::npos);
 }
 
+TEST(ControlChannel, PeerStallingMidMessageTimesOut) {
+  auto l = ListenTcp(HostPort{"127.0.0.1", 0});
+  auto c = ConnectTcp(HostPort{"127.0.0.1", LocalPort(l->get()).value()}, std::chrono::seconds(2));
+  auto a = AcceptTcp(l->get(), std::chrono::seconds(2));
+  ASSERT_TRUE(c.ok() && a.ok());
+  const unsigned char partial[6] = {0, 0, 0, 9, 0x08, 0x01};  // 2 of 9 announced body bytes
+  ASSERT_TRUE(SendAll(c->get(), partial, sizeof(partial), "t").ok());
+  ControlChannel rx(std::move(a).value(), "src");
+  pb::SourceMessage got;
+  Status s = rx.Receive(&got, std::chrono::milliseconds(200));
+  EXPECT_EQ(s.code(), Code::kTimeout) << s.ToString();
+  EXPECT_NE(s.message().find("stalled after 2 bytes"), std::string::npos) << s.ToString();
+}
+
 TEST(ControlChannel, GarbageBodyIsAProtocolError) {
   auto l = ListenTcp(HostPort{"127.0.0.1", 0});
   auto c = ConnectTcp(HostPort{"127.0.0.1", LocalPort(l->get()).value()}, std::chrono::seconds(2));

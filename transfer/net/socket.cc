@@ -233,6 +233,10 @@ Status RecvAllV(int fd, struct iovec* iov, int iovcnt, std::string_view what, si
         return Error(Code::kPeerClosed, std::string(what) + ": connection reset by peer after " +
                                             std::to_string(total) + " bytes of a frame");
       }
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {  // SO_RCVTIMEO ran out
+        return Error(Code::kTimeout,
+                     std::string(what) + ": stalled after " + std::to_string(total) + " bytes");
+      }
       return Status::FromErrno(std::string(what) + ": recvmsg", errno);
     }
     if (n == 0) {
@@ -252,6 +256,20 @@ Status RecvAll(int fd, void* data, size_t len, std::string_view what, size_t* go
     data, len
   };
   return RecvAllV(fd, &iov, 1, what, got);
+}
+
+Status SetReceiveTimeout(int fd, std::chrono::milliseconds timeout) {
+  timeval tv{};
+  if (timeout.count() > 0) {
+    tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);
+    tv.tv_usec = static_cast<suseconds_t>((timeout.count() % 1000) * 1000);
+  } else {
+    tv.tv_usec = 1;  // already due: fail the next blocking receive at once
+  }
+  if (::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0) {
+    return Status::FromErrno("setsockopt(SO_RCVTIMEO)", errno);
+  }
+  return Status::Ok();
 }
 
 Status WaitReadable(int fd, std::chrono::milliseconds timeout, std::string_view what) {

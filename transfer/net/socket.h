@@ -72,6 +72,10 @@ Status RecvAll(int fd, void* data, size_t len, std::string_view what, size_t* go
 Status RecvAllV(int fd, struct iovec* iov, int iovcnt, std::string_view what,
                 size_t* got = nullptr);
 
+// Makes every blocking receive on `fd` fail with kTimeout (via RecvAll) after `timeout` without
+// data.
+Status SetReceiveTimeout(int fd, std::chrono::milliseconds timeout);
+
 // Waits until `fd` is readable; kTimeout after `timeout`.
 Status WaitReadable(int fd, std::chrono::milliseconds timeout, std::string_view what);
 

@@ -14,7 +14,6 @@
 #include "transfer/testing/alloc_counter.h"
 #include "transfer/testing/loopback.h"
 
-
 namespace rdmig {
 namespace {
 
@@ -248,7 +247,7 @@ TEST(TcpTransport, NoHeapAllocationPerPage) {
     ASSERT_TRUE((*rx)->WaitWatermark(mark, seconds(30)).ok());
   };
   send_all();  // warm-up
-  {  // The counter sees allocations at all (the replaced operator new is linked in).
+  {            // The counter sees allocations at all (the replaced operator new is linked in).
     const uint64_t c0 = testing::AllocationCount();
     int* volatile probe = new int(1);
     delete probe;
