@@ -3,6 +3,9 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+
+#include "transfer/status.h"
 
 namespace rdmig {
 
@@ -20,6 +23,16 @@ constexpr uint32_t LaneOf(uint32_t region, uint64_t offset, uint32_t lanes) {
 // True when [offset, offset + length) lies in a single stripe (length >= 1).
 constexpr bool WithinOneStripe(uint64_t offset, uint64_t length) {
   return offset / kLaneStripeBytes == (offset + length - 1) / kLaneStripeBytes;
+}
+
+// OK when 1 <= lanes <= max; otherwise kInvalidArgument saying so. The one lane-count check every
+// transport and the session share.
+inline Status CheckLaneCount(uint64_t lanes, uint32_t max = kMaxLanes) {
+  if (lanes == 0 || lanes > max) {
+    return Error(Code::kInvalidArgument,
+                 "lane count " + std::to_string(lanes) + " not in 1.." + std::to_string(max));
+  }
+  return Status::Ok();
 }
 
 }  // namespace rdmig

@@ -27,14 +27,6 @@ uint64_t NewSessionId() {
   return (uint64_t{rd()} << 32) ^ rd() ^ 1;
 }
 
-Status CheckLanes(uint32_t lanes, uint32_t max) {
-  if (lanes == 0 || lanes > max) {
-    return Error(Code::kInvalidArgument,
-                 "lane count " + std::to_string(lanes) + " not in 1.." + std::to_string(max));
-  }
-  return Status::Ok();
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -43,7 +35,7 @@ Status CheckLanes(uint32_t lanes, uint32_t max) {
 Result<std::unique_ptr<SourceSession>> SourceSession::Connect(const HostPort& control,
                                                               std::vector<RegionSpec> regions,
                                                               const SourceOptions& options) {
-  RDMIG_RETURN_IF_ERROR(CheckLanes(options.lanes, kMaxLanes));
+  RDMIG_RETURN_IF_ERROR(CheckLaneCount(options.lanes));
   RDMIG_ASSIGN_OR_RETURN(Fd fd, ConnectTcp(control, options.timeout));
   std::unique_ptr<SourceSession> s(new SourceSession());
   s->control_ = ControlChannel(std::move(fd), control.ToString());
@@ -160,7 +152,7 @@ Result<std::unique_ptr<DestinationSession>> DestinationListener::Accept(
                                              " not supported (this rdmig speaks " +
                                              std::to_string(kProtocolVersion) + ")"));
   }
-  if (Status lanes = CheckLanes(hello.lanes(), options.max_lanes); !lanes.ok())
+  if (Status lanes = CheckLaneCount(hello.lanes(), options.max_lanes); !lanes.ok())
     return refuse(lanes);
   bool tcp_offered = false;
   for (int t : hello.transports()) tcp_offered |= (t == pb::TRANSPORT_TCP);

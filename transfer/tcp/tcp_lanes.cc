@@ -19,10 +19,7 @@ std::chrono::milliseconds Remaining(Clock::time_point deadline) {
 
 Result<std::vector<Fd>> ConnectTcpLanes(const HostPort& addr, uint64_t session_id, uint32_t lanes,
                                         std::chrono::milliseconds timeout) {
-  if (lanes == 0 || lanes > kMaxLanes) {
-    return Error(Code::kInvalidArgument,
-                 "lane count " + std::to_string(lanes) + " not in 1.." + std::to_string(kMaxLanes));
-  }
+  RDMIG_RETURN_IF_ERROR(CheckLaneCount(lanes));
   const auto deadline = Clock::now() + timeout;
   std::vector<Fd> out;
   for (uint32_t i = 0; i < lanes; ++i) {
@@ -42,10 +39,7 @@ Result<std::vector<Fd>> ConnectTcpLanes(const HostPort& addr, uint64_t session_i
 
 Result<std::vector<Fd>> AcceptTcpLanes(int listen_fd, uint64_t session_id, uint32_t lanes,
                                        std::chrono::milliseconds timeout) {
-  if (lanes == 0 || lanes > kMaxLanes) {
-    return Error(Code::kInvalidArgument,
-                 "lane count " + std::to_string(lanes) + " not in 1.." + std::to_string(kMaxLanes));
-  }
+  RDMIG_RETURN_IF_ERROR(CheckLaneCount(lanes));
   const auto deadline = Clock::now() + timeout;
   std::vector<Fd> out(lanes);
   uint32_t have = 0;

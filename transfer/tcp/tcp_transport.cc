@@ -35,10 +35,7 @@ TcpTransport::TcpTransport(std::vector<Fd> lanes)
 }
 
 Result<std::unique_ptr<TcpTransport>> TcpTransport::Create(std::vector<Fd> lanes) {
-  if (lanes.empty() || lanes.size() > kMaxLanes) {
-    return Error(Code::kInvalidArgument, "tcp transport: " + std::to_string(lanes.size()) +
-                                             " lanes, want 1.." + std::to_string(kMaxLanes));
-  }
+  RDMIG_RETURN_IF_ERROR(CheckLaneCount(lanes.size()).Annotate("tcp transport"));
   for (const Fd& fd : lanes) RDMIG_RETURN_IF_ERROR(TuneDataSocket(fd.get()));
   return std::unique_ptr<TcpTransport>(new TcpTransport(std::move(lanes)));
 }
@@ -152,10 +149,7 @@ TcpReceiver::TcpReceiver(std::vector<Fd> lanes, const RegionRegistry* regions)
 
 Result<std::unique_ptr<TcpReceiver>> TcpReceiver::Start(std::vector<Fd> lanes,
                                                         const RegionRegistry* regions) {
-  if (lanes.empty() || lanes.size() > kMaxLanes) {
-    return Error(Code::kInvalidArgument, "tcp receiver: " + std::to_string(lanes.size()) +
-                                             " lanes, want 1.." + std::to_string(kMaxLanes));
-  }
+  RDMIG_RETURN_IF_ERROR(CheckLaneCount(lanes.size()).Annotate("tcp receiver"));
   if (regions == nullptr) return Error(Code::kInvalidArgument, "tcp receiver: no regions");
   for (const Fd& fd : lanes) RDMIG_RETURN_IF_ERROR(TuneDataSocket(fd.get()));
   std::unique_ptr<TcpReceiver> r(new TcpReceiver(std::move(lanes), regions));
