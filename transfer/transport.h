@@ -16,7 +16,9 @@ namespace rdmig {
 // One run of guest memory to place at (region, offset) on the destination. A run must not cross a
 // lane stripe (see lanes.h); a 4 KiB page never does.
 struct PageWrite {
-  const std::byte* data;  // source memory; the caller keeps it valid and unchanged until completion
+  // Source memory; the caller keeps it valid and unchanged until completion. nullptr: fill the
+  // destination range with zeros (a zero page costs a descriptor, not a payload).
+  const std::byte* data;
   uint64_t offset;        // byte offset inside the destination region
   uint32_t length;        // bytes, 1..kMaxRunBytes
   uint32_t region;        // region id of the negotiated layout
@@ -33,7 +35,8 @@ struct Capabilities {
   bool zero_copy_send = false;     // payload leaves from the caller's memory, no staging copy
 };
 
-// Source side. Pages posted before a watermark are on the destination before the watermark is seen
+// Source side. Writes land in the order they were posted on their lane, zero fills included.
+// Pages posted before a watermark are on the destination before the watermark is seen
 // there (design rule 2); a page always travels on LaneOf(region, offset) (design rule 1).
 // Thread-safety: not thread-safe; one thread drives a Transport.
 class Transport {

@@ -127,6 +127,29 @@ TEST_P(TransportConformance, NewestCopyWinsAndWatermarksCoverEarlierPages) {
   EXPECT_EQ(pair->destination->LandedWatermark(), kVersions);
 }
 
+// Zero fills land in order with the payload pages of the same lane: page, zero, page of the same
+// address in one batch leaves the last page; page then zero leaves zeros.
+TEST_P(TransportConformance, ZeroFillsLandInOrderWithPages) {
+  AnonMemory src(2 * kPage);
+  FillPattern(src.data(), src.size(), 31, 0);
+  AnonMemory dst(8 * kPage);
+  std::memset(dst.data(), 0xAB, dst.size());
+  RegionRegistry regions;
+  ASSERT_TRUE(regions.Add(0, "ram", dst.data(), dst.size()).ok());
+  Result<TransportPair> pair = GetParam().connect(2, &regions);
+  ASSERT_TRUE(pair.ok()) << pair.status().ToString();
+  PageWrite batch[] = {
+      {src.data(), 0, kPage, 0},     {nullptr, 0, kPage, 0},     {src.data() + kPage, 0, kPage, 0},
+      {src.data(), kPage, kPage, 0}, {nullptr, kPage, kPage, 0}, {nullptr, 2 * kPage, kPage, 0},
+  };
+  ASSERT_TRUE(pair->source->Post(batch, 1).ok());
+  ASSERT_TRUE(pair->source->PostWatermark(1).ok());
+  ASSERT_TRUE(pair->destination->WaitWatermark(1, seconds(30)).ok());
+  EXPECT_EQ(std::memcmp(dst.data(), src.data() + kPage, kPage), 0);
+  for (size_t i = kPage; i < 3 * kPage; ++i) ASSERT_EQ(dst.data()[i], std::byte{0}) << i;
+  for (size_t i = 3 * kPage; i < dst.size(); ++i) ASSERT_EQ(dst.data()[i], std::byte{0xAB}) << i;
+}
+
 // A page outside the registered layout is refused and nothing of it lands.
 TEST_P(TransportConformance, OutOfRangePageIsRefusedAndNothingLands) {
   AnonMemory src(4 * kPage);

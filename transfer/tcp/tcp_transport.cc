@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 
 namespace rdmig {
@@ -52,8 +53,9 @@ Status TcpTransport::Flush(Lane& lane) {
   h.value = lane.payload;
   tcpwire::Encode(h, lane.head.data());
   lane.iov[0] = {lane.head.data(), tcpwire::kHeaderBytes + lane.count * tcpwire::kDescBytes};
-  int iovcnt = static_cast<int>(lane.count + 1);
+  int iovcnt = static_cast<int>(lane.payloads + 1);
   lane.count = 0;
+  lane.payloads = 0;
   lane.payload = 0;
   Status s = SendAllV(lane.fd.get(), lane.iov.data(), iovcnt, "tcp lane");
   if (!s.ok()) return Fail(s.Annotate(LaneName(lane.index)));
@@ -74,10 +76,13 @@ Status TcpTransport::Post(std::span<const PageWrite> batch, uint64_t tag) {
                        " bytes is empty, too long or crosses a lane stripe");
     }
     Lane& lane = lanes_[LaneOf(p.region, p.offset, lane_count_)];
-    tcpwire::Encode(tcpwire::PageDesc{p.region, p.length, p.offset},
+    const uint32_t length = p.data == nullptr ? p.length | tcpwire::kZeroFill : p.length;
+    tcpwire::Encode(tcpwire::PageDesc{p.region, length, p.offset},
                     lane.head.data() + tcpwire::kHeaderBytes + lane.count * tcpwire::kDescBytes);
-    lane.iov[1 + lane.count] = {const_cast<std::byte*>(p.data), p.length};
-    lane.payload += p.length;
+    if (p.data != nullptr) {
+      lane.iov[1 + lane.payloads++] = {const_cast<std::byte*>(p.data), p.length};
+      lane.payload += p.length;
+    }
     if (++lane.count == tcpwire::kMaxFramePages) RDMIG_RETURN_IF_ERROR(Flush(lane));
   }
   for (uint32_t i = 0; i < lane_count_; ++i) {
@@ -216,28 +221,44 @@ Status TcpReceiver::LandFrames(Lane& lane) {
         uint64_t payload = 0;
         for (uint32_t i = 0; i < h.count; ++i) {
           const PageDesc d = DecodeDesc(descs + i * kDescBytes);
+          const uint32_t length = d.length & ~kZeroFill;
           std::byte* dst =
-              d.length <= kMaxRunBytes ? regions_->Resolve(d.region, d.offset, d.length) : nullptr;
+              length <= kMaxRunBytes ? regions_->Resolve(d.region, d.offset, length) : nullptr;
           if (dst == nullptr) {
-            Result<std::byte*> why = regions_->Check(d.region, d.offset, d.length);
-            std::string reason = why.ok() ? "length " + std::to_string(d.length) + " exceeds " +
+            Result<std::byte*> why = regions_->Check(d.region, d.offset, length);
+            std::string reason = why.ok() ? "length " + std::to_string(length) + " exceeds " +
                                                 std::to_string(kMaxRunBytes)
                                           : why.status().message();
             return Error(Code::kOutOfRange, "page " + std::to_string(i) + " of a frame: " + reason +
                                                 "; nothing of the frame was written");
           }
-          lane.iov[i] = {dst, d.length};
-          payload += d.length;
+          lane.iov[i] = {dst, length};
+          if ((d.length & kZeroFill) == 0) payload += length;
         }
         if (payload != h.value) {
           return Error(Code::kProtocol, "page frame announces " + std::to_string(h.value) +
                                             " payload bytes but its pages hold " +
                                             std::to_string(payload));
         }
-        s = RecvAllV(fd, lane.iov.data(), h.count, "page payload", &got);
-        if (!s.ok()) {
-          return s.Annotate("truncated frame (" + std::to_string(got) + " of " +
-                            std::to_string(payload) + " payload bytes)");
+        // Land in frame order: runs of payloads with one recvmsg each, zero fills in between.
+        uint64_t landed = 0;
+        uint32_t run = 0;
+        for (uint32_t i = 0; i <= h.count; ++i) {
+          const bool zero = i < h.count && (DecodeDesc(descs + i * kDescBytes).length & kZeroFill);
+          if (i < h.count && !zero) continue;
+          if (i > run) {
+            uint64_t run_bytes = 0;  // before RecvAllV, which consumes the iovecs
+            for (uint32_t j = run; j < i; ++j) run_bytes += lane.iov[j].iov_len;
+            s = RecvAllV(fd, lane.iov.data() + run, static_cast<int>(i - run), "page payload",
+                         &got);
+            if (!s.ok()) {
+              return s.Annotate("truncated frame (" + std::to_string(landed + got) + " of " +
+                                std::to_string(payload) + " payload bytes)");
+            }
+            landed += run_bytes;
+          }
+          if (zero) std::memset(lane.iov[i].iov_base, 0, lane.iov[i].iov_len);
+          run = i + 1;
         }
         lane.pages.fetch_add(h.count, std::memory_order_relaxed);
         lane.bytes.fetch_add(payload, std::memory_order_relaxed);

@@ -39,7 +39,8 @@ class TcpTransport final : public Transport {
   struct Lane {
     Fd fd;
     uint32_t index = 0;
-    uint32_t count = 0;
+    uint32_t count = 0;     // pages in the frame
+    uint32_t payloads = 0;  // of which carry a payload (iov[1..payloads])
     uint64_t payload = 0;
     std::array<std::byte, tcpwire::kMaxFrameHeadBytes> head;
     std::array<iovec, tcpwire::kMaxFramePages + 1> iov;

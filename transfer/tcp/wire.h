@@ -3,7 +3,8 @@
 //   lane hello (once, source -> destination): magic, version, kind 'H', lane, lanes, session id
 //   frame: header {magic, version, type, count, reserved, value}
 //     PAGES      count page descriptors {region, length, offset}, then the payloads in that order;
-//                value = sum of the lengths
+//                value = sum of the payload lengths. A length with kZeroFill set carries no
+//                payload: the range is filled with zeros, in order with the other pages.
 //     WATERMARK  value = the mark: every page sent before it on this lane has been sent
 //     END        orderly end of the lane's data
 #pragma once
@@ -25,6 +26,9 @@ enum class FrameType : uint8_t { kPages = 1, kWatermark = 2, kEnd = 3 };
 // iovec count (1 + pages) must fit the kernel's IOV_MAX (1024).
 inline constexpr uint32_t kMaxFramePages = 256;
 static_assert(kMaxFramePages + 1 <= 1024, "frame iovecs must fit IOV_MAX");
+
+// In a descriptor's length: fill with zeros, no payload follows.
+inline constexpr uint32_t kZeroFill = 1u << 31;
 
 inline constexpr size_t kHeaderBytes = 24;
 inline constexpr size_t kDescBytes = 16;

@@ -1,0 +1,229 @@
+"""Shared harness for tests and scripts that drive real QEMU guests: start a guest, talk QMP, read
+its serial console. Every wait has a deadline; nothing sleeps a fixed time to wait for the guest.
+Use Guest as a context manager: QEMU is killed and its files removed however the block ends."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+RAM = "524280K"  # not a multiple of 256 KiB: avoids QEMU 7.2's TCG migration bug (see the notes)
+RAM_BYTES = 524280 * 1024
+
+
+def _retry_connect(path, deadline, what):
+    while True:
+        try:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(path)
+            return s
+        except OSError:
+            s.close()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: cannot connect to {path}")
+            time.sleep(0.02)  # polling interval for a socket to appear
+
+
+class Qmp:
+    def __init__(self, path, deadline):
+        self.sock = _retry_connect(path, deadline, "QMP")
+        self.file = self.sock.makefile("rw")
+        self.events = []
+        json.loads(self.file.readline())  # greeting
+        self.execute("qmp_capabilities")
+
+    def _read(self):
+        line = self.file.readline()
+        if not line:
+            raise RuntimeError("QMP: QEMU closed the connection")
+        return json.loads(line)
+
+    def execute(self, command, **arguments):
+        msg = {"execute": command}
+        if arguments:
+            msg["arguments"] = arguments
+        self.file.write(json.dumps(msg) + "\n")
+        self.file.flush()
+        while True:
+            reply = self._read()
+            if "event" in reply:
+                self.events.append(reply)
+                continue
+            if "error" in reply:
+                raise RuntimeError(f"QMP {command}: {reply['error']}")
+            return reply["return"]
+
+    def wait_event(self, name, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            for e in self.events:
+                if e["event"] == name:
+                    self.events.remove(e)
+                    return e
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"QMP: no {name} event within {timeout} s")
+            self.sock.settimeout(left)
+            try:
+                self.events.append(self._read())
+            except socket.timeout:
+                pass
+            finally:
+                self.sock.settimeout(None)
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def event_time(event):
+    return event["timestamp"]["seconds"] + event["timestamp"]["microseconds"] / 1e6
+
+
+class Console:
+    """The guest's serial console over a unix socket."""
+
+    def __init__(self, path, deadline):
+        self.sock = _retry_connect(path, deadline, "serial console")
+        self.sock.settimeout(0.2)
+        self.buf = b""
+        self.everything = b""
+
+    def _has_line(self, marker):
+        at = self.buf.find(marker.encode())
+        return at >= 0 and self.buf.find(b"\n", at) >= 0
+
+    def poll(self):
+        try:
+            data = self.sock.recv(65536)
+        except socket.timeout:
+            return
+        if not data:
+            raise RuntimeError("console closed; output:\n" + self.tail())
+        self.buf += data
+        self.everything += data
+
+    def expect(self, marker, timeout):
+        """Returns the first whole line containing `marker`, from the marker on."""
+        deadline = time.monotonic() + timeout
+        while not self._has_line(marker):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no '{marker}' on the console within {timeout} s; output:\n" + self.tail())
+            self.poll()
+        at = self.buf.index(marker.encode())
+        end = self.buf.find(b"\n", at)
+        line = self.buf[at:end].decode(errors="replace").rstrip("\r")
+        self.buf = self.buf[end + 1:]
+        return line
+
+    def send(self, text):
+        self.sock.sendall(text.encode())
+
+    def tail(self):
+        return self.everything[-2000:].decode(errors="replace")
+
+
+class Guest:
+    """One QEMU process running the built-in guest (or waiting for an incoming migration)."""
+
+    def __init__(self, guest_dir, name, wss_mib=64, rate_mib=0, incoming=None, paused=False,
+                 workdir=None, extra=()):
+        self.name = name
+        self.own_workdir = workdir is None
+        self.workdir = workdir or tempfile.mkdtemp(prefix=f"rdmig-{name}-")
+        self.ram_path = f"/dev/shm/rdmig-{name}-{os.getpid()}-{id(self)}.ram"
+        self.qmp_path = f"{self.workdir}/{name}.qmp"
+        self.serial_path = f"{self.workdir}/{name}.serial"
+        args = [
+            "qemu-system-x86_64", "-accel", "tcg", "-m", RAM, "-smp", "1",
+            "-object", f"memory-backend-file,id=mem0,size={RAM},mem-path={self.ram_path},share=on",
+            "-machine", "q35,memory-backend=mem0",
+            "-kernel", f"{guest_dir}/vmlinuz", "-initrd", f"{guest_dir}/initrd.gz",
+            "-append", f"console=ttyS0 quiet panic=-1 rdmig.wss={wss_mib} rdmig.rate={rate_mib}",
+            "-display", "none", "-monitor", "none", "-no-reboot", "-nic", "none",
+            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+            "-chardev", f"socket,id=ser0,path={self.serial_path},server=on,wait=off,"
+                        f"logfile={self.workdir}/{name}.serial.log",
+            "-serial", "chardev:ser0", *extra]
+        if incoming:
+            args += ["-incoming", incoming]
+        if paused:
+            args += ["-S"]
+        self.stderr = open(f"{self.workdir}/{name}.qemu.err", "w")
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=self.stderr)
+        deadline = time.monotonic() + 20
+        self.qmp = Qmp(self.qmp_path, deadline)
+        self.console = Console(self.serial_path, deadline)
+
+    def wait_ready(self, timeout=120):
+        return self.console.expect("RDMIG-READY", timeout)
+
+    def verify(self, timeout=120):
+        self.console.send("verify\n")
+        return self.console.expect("VERIFY ", timeout)
+
+    def status(self):
+        return self.qmp.execute("query-status")["status"]
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.qmp.execute("quit")
+                self.proc.wait(timeout=10)
+            except Exception:
+                pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.qmp.close()
+        self.stderr.close()
+        if os.path.exists(self.ram_path):
+            os.unlink(self.ram_path)
+        if self.own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def enable_migration_events(qmp):
+    qmp.execute("migrate-set-capabilities",
+                capabilities=[{"capability": "events", "state": True}])
+
+
+def wait_migration(qmp, timeout):
+    """Waits for the MIGRATION event that ends a migration (needs enable_migration_events);
+    returns its status: completed, failed or cancelled."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"migration did not end within {timeout} s")
+        status = qmp.wait_event("MIGRATION", left)["data"]["status"]
+        if status in ("completed", "failed", "cancelled"):
+            return status
+
+
+def compare_ram(path_a, path_b, page=4096):
+    """Number of differing pages between two RAM files of equal size."""
+    differ = 0
+    with open(path_a, "rb") as a, open(path_b, "rb") as b:
+        while True:
+            x = a.read(page * 256)
+            y = b.read(page * 256)
+            if not x and not y:
+                return differ
+            if x != y:
+                for i in range(0, max(len(x), len(y)), page):
+                    if x[i:i + page] != y[i:i + page]:
+                        differ += 1
