@@ -1,18 +1,17 @@
 // QmpClient: a client of QEMU's machine protocol (QMP) on a unix socket. It runs commands and
 // collects the asynchronous events QEMU sends (STOP, RESUME, MIGRATION, ...). Events that arrive
-// while a command waits for its reply are queued, not lost. Never throws; every failure is a Status.
-// Thread-safety: not thread-safe; one thread drives a QmpClient.
+// while a command waits for its reply are queued, not lost. Never throws; every failure is a
+// Status. Thread-safety: not thread-safe; one thread drives a QmpClient.
 #pragma once
 
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "transfer/net/socket.h"
 #include "transfer/status.h"
@@ -90,12 +89,12 @@ class QmpClient {
   // Reads and sorts everything already readable, without blocking.
   Status ReadAvailable();
   std::optional<Event> PopQueued(const std::string& name);
-  Status ClosedError(const std::string& context) const;
+  Status ClosedError() const;
 
   Fd fd_;
   std::string path_;
   nlohmann::json greeting_;
-  std::string in_;     // received bytes not yet consumed as lines
+  std::string in_;      // received bytes not yet consumed as lines
   size_t scanned_ = 0;  // bytes of in_ known to contain no '\n'
   std::deque<Event> events_;
   uint64_t next_id_ = 1;

@@ -1,0 +1,309 @@
+#include "qemu-plugin/stream/parser.h"
+
+#include <cstdio>
+#include <cstring>
+
+#include "qemu-plugin/stream/format.h"
+
+namespace rdmig::stream {
+
+namespace {
+
+uint32_t Be32(const std::byte* p) {
+  return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | uint32_t(p[3]);
+}
+uint64_t Be64(const std::byte* p) { return (uint64_t(Be32(p)) << 32) | Be32(p + 4); }
+
+std::string Hex(uint64_t v) {
+  char buf[24];
+  std::snprintf(buf, sizeof(buf), "0x%llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+std::string FlagNames(uint64_t flags) {
+  std::string out;
+  auto add = [&](uint64_t bit, const char* name) {
+    if (flags & bit) out += (out.empty() ? "" : "|") + std::string(name);
+  };
+  add(kRamXbzrle, "XBZRLE");
+  add(kRamHook, "HOOK");
+  add(kRamCompressPage, "COMPRESS_PAGE");
+  add(kRamMultifdFlush, "MULTIFD_FLUSH");
+  return out.empty() ? Hex(flags) : out + " (" + Hex(flags) + ")";
+}
+
+}  // namespace
+
+const char* StateName(StreamParser::State state) {
+  switch (state) {
+    case StreamParser::State::kHeader:
+      return "header";
+    case StreamParser::State::kTopLevel:
+      return "between sections";
+    case StreamParser::State::kRam:
+      return "in the ram section";
+    case StreamParser::State::kFooter:
+      return "before a ram section footer";
+    case StreamParser::State::kTail:
+      return "device state tail";
+    case StreamParser::State::kPassthrough:
+      return "pass-through";
+  }
+  return "?";
+}
+
+void StreamParser::Raw(const std::byte* p, size_t n, std::vector<Item>* out) {
+  if (n == 0) return;
+  if (!out->empty()) {
+    Item& last = out->back();
+    if (last.kind == Item::kRaw && last.data + last.length == p) {
+      last.length += static_cast<uint32_t>(n);
+      return;
+    }
+  }
+  Item item;
+  item.kind = Item::kRaw;
+  item.data = p;
+  item.length = static_cast<uint32_t>(n);
+  out->push_back(item);
+}
+
+void StreamParser::ForcePassthrough(std::string reason) {
+  if (state_ == State::kPassthrough) return;
+  state_ = State::kPassthrough;
+  passthrough_reason_ = std::move(reason) + " at stream offset " + std::to_string(position_);
+}
+
+size_t StreamParser::Parse(std::span<const std::byte> data, std::vector<Item>* out) {
+  size_t consumed = 0;
+  while (consumed < data.size()) {
+    if (state_ == State::kTail || state_ == State::kPassthrough) {
+      Raw(data.data() + consumed, data.size() - consumed, out);
+      position_ += data.size() - consumed;
+      return data.size();
+    }
+    size_t used = 0;
+    Step step = ParseOne(data.subspan(consumed), &used, out);
+    if (step == Step::kNeedMore) break;
+    if (step == Step::kUnknown) {
+      state_ = State::kPassthrough;
+      passthrough_reason_ = unknown_ + " at stream offset " + std::to_string(position_);
+      continue;
+    }
+    consumed += used;
+    position_ += used;
+  }
+  return consumed;
+}
+
+StreamParser::Step StreamParser::ParseOne(std::span<const std::byte> d, size_t* used,
+                                          std::vector<Item>* out) {
+  switch (state_) {
+    case State::kHeader:
+      if (d.size() < 8) return Step::kNeedMore;
+      if (Be32(d.data()) != kFileMagic || Be32(d.data() + 4) != kFileVersion) {
+        unknown_ = "not a QEMU migration stream of version 3 (magic " + Hex(Be32(d.data())) + ")";
+        return Step::kUnknown;
+      }
+      Raw(d.data(), 8, out);
+      *used = 8;
+      state_ = State::kTopLevel;
+      return Step::kDone;
+    case State::kTopLevel:
+      return ParseTopLevel(d, used, out);
+    case State::kRam:
+      return ParseRamRecord(d, used, out);
+    case State::kFooter: {
+      if (d.size() < 5) return Step::kNeedMore;
+      if (uint8_t(d[0]) != kSectionFooter || Be32(d.data() + 1) != ram_section_id_) {
+        unknown_ = "ram section without its footer";
+        return Step::kUnknown;
+      }
+      Raw(d.data(), 5, out);
+      *used = 5;
+      state_ = ram_ending_ ? State::kTail : State::kTopLevel;
+      return Step::kDone;
+    }
+    case State::kTail:
+    case State::kPassthrough:
+      break;
+  }
+  return Step::kDone;
+}
+
+StreamParser::Step StreamParser::ParseTopLevel(std::span<const std::byte> d, size_t* used,
+                                               std::vector<Item>* out) {
+  if (d.empty()) return Step::kNeedMore;
+  const uint8_t type = uint8_t(d[0]);
+  switch (type) {
+    case kConfiguration: {
+      if (d.size() < 5) return Step::kNeedMore;
+      const uint64_t n = 5 + uint64_t{Be32(d.data() + 1)};
+      if (n > 4096) {
+        unknown_ = "configuration of " + std::to_string(n) + " bytes";
+        return Step::kUnknown;
+      }
+      if (d.size() < n) return Step::kNeedMore;
+      Raw(d.data(), n, out);
+      *used = n;
+      return Step::kDone;
+    }
+    case kSectionStart:
+    case kSectionFull: {
+      if (d.size() < 6) return Step::kNeedMore;
+      const size_t idlen = uint8_t(d[5]);
+      const size_t n = 6 + idlen + 8;
+      if (d.size() < n) return Step::kNeedMore;
+      const uint32_t id = Be32(d.data() + 1);
+      const std::string idstr(reinterpret_cast<const char*>(d.data() + 6), idlen);
+      const uint32_t version = Be32(d.data() + 6 + idlen + 4);
+      if (type == kSectionFull) {
+        // Device state: not parseable without QEMU's descriptions. Normal once RAM ended.
+        unknown_ = "device state section '" + idstr + "' before the RAM section ended";
+        return Step::kUnknown;
+      }
+      if (idstr != "ram") {
+        unknown_ = "iterative section '" + idstr + "' rdmig does not know";
+        return Step::kUnknown;
+      }
+      if (have_ram_section_ || version != kRamSectionVersion) {
+        unknown_ = have_ram_section_ ? "a second ram section"
+                                     : "ram section version " + std::to_string(version);
+        return Step::kUnknown;
+      }
+      have_ram_section_ = true;
+      ram_section_id_ = id;
+      ram_ending_ = false;
+      Raw(d.data(), n, out);
+      *used = n;
+      state_ = State::kRam;
+      return Step::kDone;
+    }
+    case kSectionPart:
+    case kSectionEnd: {
+      if (d.size() < 5) return Step::kNeedMore;
+      const uint32_t id = Be32(d.data() + 1);
+      if (!have_ram_section_ || id != ram_section_id_) {
+        unknown_ = "section " + std::to_string(id) + " that is not the ram section";
+        return Step::kUnknown;
+      }
+      ram_ending_ = type == kSectionEnd;
+      Raw(d.data(), 5, out);
+      *used = 5;
+      state_ = State::kRam;
+      return Step::kDone;
+    }
+    default:
+      unknown_ = "section type " + Hex(type) + " before the RAM section ended";
+      return Step::kUnknown;
+  }
+}
+
+StreamParser::Step StreamParser::ParseRamRecord(std::span<const std::byte> d, size_t* used,
+                                                std::vector<Item>* out) {
+  if (d.size() < 8) return Step::kNeedMore;
+  const uint64_t word = Be64(d.data());
+  const uint64_t flags = word & kFlagMask;
+  const uint64_t addr = word & ~kFlagMask;
+
+  if (flags == kRamMemSize) {
+    if (!blocks_.empty()) {
+      unknown_ = "a second RAM block list";
+      return Step::kUnknown;
+    }
+    // The block list: u8 length + name + be64 used length per block, until the total is reached.
+    // Extra per-block fields (postcopy page sizes, x-ignore-shared addresses) break the sum and
+    // are therefore never misread.
+    std::vector<RamBlock> blocks;
+    size_t pos = 8;
+    uint64_t sum = 0;
+    while (sum < addr) {
+      if (d.size() < pos + 1) return Step::kNeedMore;
+      const size_t len = uint8_t(d[pos]);
+      if (d.size() < pos + 1 + len + 8) return Step::kNeedMore;
+      RamBlock b;
+      b.name.assign(reinterpret_cast<const char*>(d.data() + pos + 1), len);
+      b.length = Be64(d.data() + pos + 1 + len);
+      pos += 1 + len + 8;
+      if (b.length == 0 || b.length % kTargetPageSize != 0 || blocks.size() >= 1024) {
+        unknown_ = "RAM block '" + b.name + "' of " + std::to_string(b.length) + " bytes";
+        return Step::kUnknown;
+      }
+      sum += b.length;
+      blocks.push_back(std::move(b));
+    }
+    if (sum != addr) {
+      unknown_ = "RAM block list that does not add up to the announced " + std::to_string(addr) +
+                 " bytes (extra per-block fields?)";
+      return Step::kUnknown;
+    }
+    blocks_ = std::move(blocks);
+    Raw(d.data(), pos, out);
+    *used = pos;
+    return Step::kDone;
+  }
+  if (flags == kRamEos) {
+    Raw(d.data(), 8, out);
+    *used = 8;
+    state_ = State::kFooter;
+    return Step::kDone;
+  }
+  const uint64_t kind = flags & ~kRamContinue;
+  if (kind != kRamPage && kind != kRamZero) {
+    unknown_ = "RAM record flags " + FlagNames(flags);
+    return Step::kUnknown;
+  }
+  size_t pos = 8;
+  int64_t block = current_block_;
+  if (!(flags & kRamContinue)) {
+    if (d.size() < 9) return Step::kNeedMore;
+    const size_t len = uint8_t(d[8]);
+    if (d.size() < 9 + len) return Step::kNeedMore;
+    const std::string_view name(reinterpret_cast<const char*>(d.data() + 9), len);
+    block = -1;
+    for (size_t i = 0; i < blocks_.size(); ++i) {
+      if (blocks_[i].name == name) block = static_cast<int64_t>(i);
+    }
+    if (block < 0) {
+      unknown_ = "RAM record for unknown block '" + std::string(name) + "'";
+      return Step::kUnknown;
+    }
+    pos = 9 + len;
+  } else if (block < 0) {
+    unknown_ = "RAM record continuing no block";
+    return Step::kUnknown;
+  }
+  if (addr + kTargetPageSize > blocks_[block].length) {
+    unknown_ =
+        "RAM record at " + std::to_string(addr) + " beyond block '" + blocks_[block].name + "'";
+    return Step::kUnknown;
+  }
+  Item item;
+  item.block = static_cast<uint32_t>(block);
+  item.offset = addr;
+  item.data = d.data();
+  if (kind == kRamPage) {
+    if (d.size() < pos + kTargetPageSize) return Step::kNeedMore;
+    item.kind = Item::kPage;
+    item.length = static_cast<uint32_t>(pos);
+    item.page = d.data() + pos;
+    *used = pos + kTargetPageSize;
+    ++pages_;
+  } else {
+    if (d.size() < pos + 1) return Step::kNeedMore;
+    item.kind = Item::kZero;
+    item.fill = uint8_t(d[pos]);
+    if (item.fill != 0) {
+      unknown_ = "ZERO record with fill byte " + Hex(item.fill);
+      return Step::kUnknown;
+    }
+    item.length = static_cast<uint32_t>(pos + 1);
+    *used = pos + 1;
+    ++zeros_;
+  }
+  out->push_back(item);
+  current_block_ = block;
+  return Step::kDone;
+}
+
+}  // namespace rdmig::stream
