@@ -9,5 +9,8 @@ namespace rdmig::cli {
 
 // `rdmig bench`: page throughput between two hosts (server and client), like perftest's pair.
 std::function<int()> AddBenchCommand(CLI::App& app);
+// `rdmig send` / `rdmig receive`: the source and destination endpoints of a QEMU migration.
+std::function<int()> AddSendCommand(CLI::App& app);
+std::function<int()> AddReceiveCommand(CLI::App& app);
 
 }  // namespace rdmig::cli

@@ -3,11 +3,14 @@
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <csignal>
 #include <cstdio>
 
 #include "control/cli/commands.h"
 
 int main(int argc, char** argv) {
+  // A peer going away is an error to report, never a signal that kills the endpoint.
+  std::signal(SIGPIPE, SIG_IGN);
   CLI::App app{"rdmig: carries live-migration memory between hosts over RDMA or TCP"};
   app.require_subcommand(1);
   bool verbose = false;
@@ -15,6 +18,8 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "rdmig 0.1.0");
 
   auto run_bench = rdmig::cli::AddBenchCommand(app);
+  auto run_send = rdmig::cli::AddSendCommand(app);
+  auto run_receive = rdmig::cli::AddReceiveCommand(app);
 
   try {
     app.parse(argc, argv);
@@ -26,5 +31,7 @@ int main(int argc, char** argv) {
   spdlog::set_pattern("%H:%M:%S.%e rdmig %^%l%$: %v");
   spdlog::set_level(verbose ? spdlog::level::debug : spdlog::level::info);
   if (app.got_subcommand("bench")) return run_bench();
+  if (app.got_subcommand("send")) return run_send();
+  if (app.got_subcommand("receive")) return run_receive();
   return 2;
 }

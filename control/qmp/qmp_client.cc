@@ -3,13 +3,14 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstring>
 #include <exception>
+#include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 

@@ -29,10 +29,10 @@ class QmpClient {
   // Events kept at most; beyond that the oldest are dropped (see dropped_events()).
   static constexpr size_t kMaxQueuedEvents = 4096;
 
-  // Connects to the QMP socket at `unix_path`, reads QEMU's greeting and leaves capabilities
-  // negotiation with qmp_capabilities. While the socket does not exist or refuses connections
-  // (QEMU still starting) it retries until `timeout`, which bounds the whole handshake.
-  // Errors: kTimeout (no socket, greeting or reply in time), kPeerClosed, kProtocol,
+  // Connects to the QMP socket at `unix_path`, reads QEMU's greeting and sends qmp_capabilities,
+  // which takes QEMU out of capabilities-negotiation mode. While the socket does not exist or
+  // refuses connections (QEMU still starting) it retries until `timeout`, which bounds the whole
+  // handshake. Errors: kTimeout (no socket, greeting or reply in time), kPeerClosed, kProtocol,
   // kPermissionDenied, kInvalidArgument (path too long), kUnavailable, kIo.
   static Result<QmpClient> Connect(const std::string& unix_path, std::chrono::milliseconds timeout);
 

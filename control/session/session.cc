@@ -74,6 +74,8 @@ Result<std::unique_ptr<SourceSession>> SourceSession::Connect(const HostPort& co
                                       " lanes, asked for " + std::to_string(options.lanes));
   }
   s->session_id_ = acc.session_id();
+  s->registered_.assign(acc.regions().begin(), acc.regions().end());
+  s->mode_ = acc.mode();
   if (acc.transport() != pb::TRANSPORT_TCP) {
     return Error(Code::kUnavailable, "destination chose a transport this source cannot run");
   }
@@ -187,6 +189,8 @@ Result<std::unique_ptr<DestinationSession>> DestinationListener::Accept(
   acc->set_session_id(d->session_id_);
   acc->mutable_tcp()->set_host(options.data_host);
   acc->mutable_tcp()->set_port(data_port);
+  acc->set_mode(options.mode);
+  for (const Region& r : d->regions_->regions()) acc->add_regions(r.id);
   RDMIG_RETURN_IF_ERROR(d->control_.Send(reply));
 
   RDMIG_ASSIGN_OR_RETURN(std::vector<Fd> lanes, AcceptTcpLanes(data_listener.get(), d->session_id_,
@@ -195,14 +199,16 @@ Result<std::unique_ptr<DestinationSession>> DestinationListener::Accept(
   return d;
 }
 
-Result<LandedReport> DestinationSession::Serve(std::chrono::milliseconds timeout) {
+Result<LandedReport> DestinationSession::Serve(std::chrono::milliseconds timeout,
+                                               const MessageHandler& other) {
   LandedReport landed;
+  bool completed = false;  // the source's Complete was confirmed: its closing is the normal end
   for (;;) {
     pb::SourceMessage msg;
     Status s = control_.Receive(&msg, timeout);
     if (!s.ok()) {
       receiver_->Abort();
-      if (s.code() == Code::kPeerClosed && landed.pages + landed.bytes > 0) return landed;
+      if (s.code() == Code::kPeerClosed && completed) return landed;
       return s.Annotate("source control channel");
     }
     if (msg.has_complete()) {
@@ -227,6 +233,7 @@ Result<LandedReport> DestinationSession::Serve(std::chrono::milliseconds timeout
       reply.mutable_landed()->set_bytes(landed.bytes);
       RDMIG_RETURN_IF_ERROR(control_.Send(reply));
       if (!w.ok()) return w;
+      completed = true;
     } else if (msg.has_digest_request()) {
       pb::DestinationMessage reply;
       pb::Digests* out = reply.mutable_digests();
@@ -244,6 +251,11 @@ Result<LandedReport> DestinationSession::Serve(std::chrono::milliseconds timeout
         }
       }
       RDMIG_RETURN_IF_ERROR(control_.Send(reply));
+    } else if (other) {
+      if (Status h = other(msg); !h.ok()) {
+        receiver_->Abort();
+        return h;
+      }
     } else {
       receiver_->Abort();
       return Error(Code::kProtocol, "unexpected control message from the source");

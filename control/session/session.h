@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "control/proto/session.pb.h"
 #include "control/session/channel.h"
 #include "transfer/region.h"
 #include "transfer/transport.h"
@@ -53,6 +54,9 @@ class SourceSession {
   ControlChannel& control() { return control_; }
   uint64_t session_id() const { return session_id_; }
   TransportKind transport_kind() const { return kind_; }
+  // The region ids the destination registered (only these may travel on lanes) and its mode.
+  const std::vector<uint32_t>& registered_regions() const { return registered_; }
+  const std::string& mode() const { return mode_; }
 
   // Posts `final_mark` after everything sent, tells the destination, and waits until it confirms
   // that every page landed.
@@ -69,13 +73,16 @@ class SourceSession {
   std::unique_ptr<Transport> transport_;
   uint64_t session_id_ = 0;
   TransportKind kind_ = TransportKind::kTcp;
+  std::vector<uint32_t> registered_;
+  std::string mode_;
 };
 
 struct DestinationOptions {
   std::vector<TransportKind> transports = {TransportKind::kTcp};
   uint32_t max_lanes = kMaxLanes;
   std::chrono::milliseconds timeout{10000};
-  std::string data_host = "";  // where the lanes listen; empty = the control listener's address
+  std::string data_host = "";   // where the lanes listen; empty = the control listener's address
+  std::string mode = "memory";  // told to the source in Accept
 };
 
 // Called with the source's offered layout; fills `regions` with memory to land in, or refuses
@@ -91,10 +98,14 @@ class DestinationSession {
   uint64_t session_id() const { return session_id_; }
   TransportKind transport_kind() const { return kind_; }
 
+  // Handles a source message that is not Complete or DigestRequest (e.g. a StreamChunk).
+  using MessageHandler = std::function<Status(const pb::SourceMessage&)>;
+
   // Serves the source until it completes: waits for its Complete, waits until that watermark
   // landed and confirms, then answers digest requests until the source closes the channel.
-  // Returns the landed counts, or the first error (also reported to the source).
-  Result<LandedReport> Serve(std::chrono::milliseconds timeout);
+  // Other messages go to `other` (without one they are a protocol error). Returns the landed
+  // counts, or the first error (also reported to the source).
+  Result<LandedReport> Serve(std::chrono::milliseconds timeout, const MessageHandler& other = {});
 
  private:
   friend class DestinationListener;

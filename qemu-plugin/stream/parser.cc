@@ -74,9 +74,10 @@ void StreamParser::ForcePassthrough(std::string reason) {
   passthrough_reason_ = std::move(reason) + " at stream offset " + std::to_string(position_);
 }
 
-size_t StreamParser::Parse(std::span<const std::byte> data, std::vector<Item>* out) {
+size_t StreamParser::Parse(std::span<const std::byte> data, std::vector<Item>* out,
+                           bool until_layout) {
   size_t consumed = 0;
-  while (consumed < data.size()) {
+  while (consumed < data.size() && !(until_layout && layout_known())) {
     if (state_ == State::kTail || state_ == State::kPassthrough) {
       Raw(data.data() + consumed, data.size() - consumed, out);
       position_ += data.size() - consumed;

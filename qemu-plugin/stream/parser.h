@@ -50,8 +50,8 @@ class StreamParser {
 
   // Parses whole records at the start of `data`, appends them to `out` and returns how many bytes
   // they covered; the caller keeps the rest and calls again with more bytes appended. In kTail and
-  // kPassthrough every byte is consumed.
-  size_t Parse(std::span<const std::byte> data, std::vector<Item>* out);
+  // kPassthrough every byte is consumed. With `until_layout`, stops right after the RAM block list.
+  size_t Parse(std::span<const std::byte> data, std::vector<Item>* out, bool until_layout = false);
 
   // Switches to pass-through from the next unparsed byte on, e.g. when a record does not fit the
   // caller's buffer.

@@ -227,3 +227,50 @@ def compare_ram(path_a, path_b, page=4096):
                 for i in range(0, max(len(x), len(y)), page):
                     if x[i:i + page] != y[i:i + page]:
                         differ += 1
+
+
+class Endpoint:
+    """An rdmig endpoint process started by a test; killed by kill() whatever happened."""
+
+    def __init__(self, args, log_path):
+        self.log_path = log_path
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        self.port = None
+
+    def wait_line(self, marker, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with open(self.log_path) as f:
+                for line in f:
+                    if marker in line:
+                        return line
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.proc.args[1]} exited: " + open(self.log_path).read())
+            time.sleep(0.02)  # polling interval for the log line
+        raise TimeoutError(f"no '{marker}' from {self.proc.args[1]} within {timeout} s")
+
+    def finish(self, timeout):
+        """Waits for the endpoint to exit; returns its output; raises if it failed."""
+        rc = self.proc.wait(timeout=timeout)
+        out = open(self.log_path).read()
+        if rc != 0:
+            raise RuntimeError(f"{self.proc.args[1]} exited {rc}: {out}")
+        return out
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def start_receive(rdmig, work, to_qemu, mode, ram_path=None, extra=()):
+    args = [rdmig, "receive", "--listen", "127.0.0.1:0", "--to-qemu", to_qemu, "--mode", mode,
+            "--json", f"{work}/receive.json", *extra]
+    if mode == "direct":
+        args += ["--ram-file", f"mem0={ram_path}"]
+    e = Endpoint(args, f"{work}/receive.log")
+    line = e.wait_line("listening on", 20)
+    e.port = int(line.split("listening on ")[1].split()[0].rsplit(":", 1)[1])
+    return e

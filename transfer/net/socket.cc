@@ -7,10 +7,15 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <climits>
+#include <cstring>
 
 namespace rdmig {
 
@@ -163,6 +168,51 @@ Result<Fd> AcceptTcp(int listen_fd, std::chrono::milliseconds timeout) {
   }
 }
 
+namespace {
+Result<sockaddr_un> UnixAddress(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
+    return Error(Code::kInvalidArgument, "unix socket path '" + path + "' is empty or too long");
+  }
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  return addr;
+}
+}  // namespace
+
+Result<Fd> ListenUnix(const std::string& path, int backlog) {
+  RDMIG_ASSIGN_OR_RETURN(sockaddr_un addr, UnixAddress(path));
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) {
+      return Error(Code::kInvalidArgument, path + " exists and is not a socket");
+    }
+    ::unlink(path.c_str());
+  }
+  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) return Status::FromErrno("socket(AF_UNIX)", errno);
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    return Status::FromErrno("bind " + path, errno, Code::kUnavailable);
+  }
+  if (::listen(fd.get(), backlog) != 0) return Status::FromErrno("listen " + path, errno);
+  return fd;
+}
+
+Result<Fd> ConnectUnix(const std::string& path, std::chrono::milliseconds timeout) {
+  RDMIG_ASSIGN_OR_RETURN(sockaddr_un addr, UnixAddress(path));
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!fd.valid()) return Status::FromErrno("socket(AF_UNIX)", errno);
+    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) return fd;
+    const int err = errno;
+    if ((err != ENOENT && err != ECONNREFUSED) || std::chrono::steady_clock::now() >= deadline) {
+      return Status::FromErrno("connect " + path, err, Code::kUnavailable);
+    }
+    ::poll(nullptr, 0, 20);  // the socket is not there yet: retry every 20 ms until the deadline
+  }
+}
+
 Status TuneDataSocket(int fd) {
   int one = 1;
   if (::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0) {
@@ -205,6 +255,22 @@ Status SendAllV(int fd, struct iovec* iov, int iovcnt, std::string_view what) {
         return Error(Code::kPeerClosed, std::string(what) + ": peer closed the connection");
       }
       return Status::FromErrno(std::string(what) + ": sendmsg", errno);
+    }
+    Advance(&iov, &iovcnt, static_cast<size_t>(n));
+  }
+  return Status::Ok();
+}
+
+Status WriteAllV(int fd, struct iovec* iov, int iovcnt, std::string_view what) {
+  Advance(&iov, &iovcnt, 0);
+  while (iovcnt > 0) {
+    ssize_t n = ::writev(fd, iov, std::min(iovcnt, IOV_MAX));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EPIPE || errno == ECONNRESET) {
+        return Error(Code::kPeerClosed, std::string(what) + ": the reader went away");
+      }
+      return Status::FromErrno(std::string(what) + ": writev", errno);
     }
     Advance(&iov, &iovcnt, static_cast<size_t>(n));
   }

@@ -55,8 +55,13 @@ Result<Fd> ListenTcp(const HostPort& addr, int backlog = 64);
 Result<uint16_t> LocalPort(int fd);
 // Connects within `timeout`.
 Result<Fd> ConnectTcp(const HostPort& addr, std::chrono::milliseconds timeout);
-// Accepts one connection within `timeout`.
+// Accepts one connection (TCP or unix) within `timeout`.
 Result<Fd> AcceptTcp(int listen_fd, std::chrono::milliseconds timeout);
+
+// A listening unix-domain socket at `path` (a stale socket file there is replaced).
+Result<Fd> ListenUnix(const std::string& path, int backlog = 4);
+// Connects to the unix-domain socket at `path`, retrying until `timeout` while it does not exist.
+Result<Fd> ConnectUnix(const std::string& path, std::chrono::milliseconds timeout);
 
 // Socket options every data connection uses (no Nagle delay, large buffers).
 Status TuneDataSocket(int fd);
@@ -65,6 +70,8 @@ Status TuneDataSocket(int fd);
 // `what` names the connection in errors.
 Status SendAllV(int fd, struct iovec* iov, int iovcnt, std::string_view what);
 Status SendAll(int fd, const void* data, size_t len, std::string_view what);
+// writev() until done: for any descriptor (pipe, file, socket). The caller ignores SIGPIPE.
+Status WriteAllV(int fd, struct iovec* iov, int iovcnt, std::string_view what);
 
 // Receives exactly `len` bytes. On a clean end of stream before the first byte returns kPeerClosed
 // with `*got` = 0; mid-way it returns kPeerClosed with the bytes received so far in `*got`.

@@ -1,0 +1,252 @@
+// `rdmig send` and `rdmig receive`: the two endpoints QEMU talks to.
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "control/cli/commands.h"
+#include "control/cli/size.h"
+#include "qemu-plugin/destination_endpoint.h"
+#include "qemu-plugin/source_endpoint.h"
+
+namespace rdmig::cli {
+
+namespace {
+
+// Where QEMU's stream comes from or goes to: "unix:PATH", "tcp:HOST:PORT", or "-" (stdin/stdout,
+// for QEMU's exec: migration).
+struct QemuEndpoint {
+  enum Kind { kUnix, kTcp, kStdio } kind = kStdio;
+  std::string path;
+  HostPort tcp;
+};
+
+Result<QemuEndpoint> ParseQemuEndpoint(const std::string& text) {
+  QemuEndpoint e;
+  if (text == "-" || text == "stdin" || text == "stdout") return e;
+  if (text.rfind("unix:", 0) == 0 && text.size() > 5) {
+    e.kind = QemuEndpoint::kUnix;
+    e.path = text.substr(5);
+    return e;
+  }
+  if (text.rfind("tcp:", 0) == 0) {
+    e.kind = QemuEndpoint::kTcp;
+    RDMIG_ASSIGN_OR_RETURN(e.tcp, ParseHostPort(text.substr(4)));
+    return e;
+  }
+  return Error(Code::kInvalidArgument,
+               "bad QEMU endpoint '" + text + "': want unix:PATH, tcp:HOST:PORT or -");
+}
+
+void WriteJson(const std::string& path, const nlohmann::json& j) {
+  if (path.empty()) return;
+  std::ofstream out(path);
+  out << j.dump(2) << "\n";
+  if (!out) spdlog::error("cannot write {}", path);
+}
+
+struct SendArgs {
+  std::string to;
+  std::string from = "-";
+  uint32_t lanes = 4;
+  double accept_timeout_s = 600;
+  std::string json;
+};
+
+int RunSend(const SendArgs& a) {
+  auto dest = ParseHostPort(a.to);
+  auto from = ParseQemuEndpoint(a.from);
+  if (!dest.ok() || !from.ok()) {
+    spdlog::error("{}", (!dest.ok() ? dest.status() : from.status()).message());
+    return 2;
+  }
+  Fd qemu;
+  if (from->kind == QemuEndpoint::kStdio) {
+    qemu = Fd(::dup(STDIN_FILENO));
+  } else {
+    auto listener =
+        from->kind == QemuEndpoint::kUnix ? ListenUnix(from->path) : ListenTcp(from->tcp);
+    if (!listener.ok()) {
+      spdlog::error("{}", listener.status().ToString());
+      return 1;
+    }
+    std::fprintf(stderr, "rdmig send: waiting for QEMU on %s\n", a.from.c_str());
+    auto conn =
+        AcceptTcp(listener->get(),
+                  std::chrono::milliseconds(static_cast<int64_t>(a.accept_timeout_s * 1000)));
+    if (from->kind == QemuEndpoint::kUnix) ::unlink(from->path.c_str());
+    if (!conn.ok()) {
+      spdlog::error("no QEMU connected: {}", conn.status().ToString());
+      return 1;
+    }
+    qemu = std::move(conn).value();
+  }
+  endpoint::SourceStreamOptions opts;
+  opts.destination = *dest;
+  opts.lanes = a.lanes;
+  auto r = endpoint::RunSourceStream(qemu.get(), opts);
+  qemu.reset();  // on failure this fails the source migration; the guest keeps running
+  if (!r.ok()) {
+    spdlog::error("migration stream failed: {}", r.status().ToString());
+    WriteJson(a.json, {{"outcome", "failed"}, {"error", r.status().ToString()}});
+    return 1;
+  }
+  std::printf("rdmig send: %s of QEMU stream in %.3f s over %s (%u lanes, %s mode)\n",
+              FormatBytes(double(r->stream_bytes)).c_str(), r->seconds, r->transport.c_str(),
+              r->lanes, r->mode.c_str());
+  std::printf("  lanes    %lu page writes (%lu zero fills), %s\n",
+              static_cast<unsigned long>(r->pages), static_cast<unsigned long>(r->zero_pages),
+              FormatBytes(double(r->lane_bytes)).c_str());
+  std::printf("  control  %s in %lu chunks\n", FormatBytes(double(r->control_bytes)).c_str(),
+              static_cast<unsigned long>(r->chunks));
+  if (!r->passthrough.empty()) std::printf("  pass-through: %s\n", r->passthrough.c_str());
+  WriteJson(a.json, {{"outcome", "completed"},
+                     {"transport", r->transport},
+                     {"mode", r->mode},
+                     {"lanes", r->lanes},
+                     {"stream_bytes", r->stream_bytes},
+                     {"pages", r->pages},
+                     {"zero_pages", r->zero_pages},
+                     {"lane_bytes", r->lane_bytes},
+                     {"control_bytes", r->control_bytes},
+                     {"passthrough", r->passthrough},
+                     {"seconds", r->seconds}});
+  return 0;
+}
+
+struct ReceiveArgs {
+  std::string listen = "127.0.0.1:7471";
+  std::string to_qemu;
+  std::string mode = "staged";
+  std::vector<std::string> ram_files;
+  double timeout_s = 600;
+  std::string json;
+};
+
+int RunReceive(const ReceiveArgs& a) {
+  auto addr = ParseHostPort(a.listen);
+  auto to = ParseQemuEndpoint(a.to_qemu);
+  if (!addr.ok() || !to.ok()) {
+    spdlog::error("{}", (!addr.ok() ? addr.status() : to.status()).message());
+    return 2;
+  }
+  endpoint::DestinationStreamOptions opts;
+  std::map<std::string, endpoint::MappedFile> ram_files;
+  if (a.mode == "direct") {
+    opts.mode = endpoint::DestinationStreamOptions::Mode::kDirect;
+    if (a.ram_files.empty()) {
+      spdlog::error("direct mode needs --ram-file BLOCK=PATH (e.g. mem0=/dev/shm/guest.ram)");
+      return 2;
+    }
+    for (const std::string& spec : a.ram_files) {
+      size_t eq = spec.find('=');
+      if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size()) {
+        spdlog::error("bad --ram-file '{}': want BLOCK=PATH", spec);
+        return 2;
+      }
+      auto m = endpoint::MappedFile::Open(spec.substr(eq + 1));
+      if (!m.ok()) {
+        spdlog::error("{}", m.status().ToString());
+        return 1;
+      }
+      ram_files.emplace(spec.substr(0, eq), std::move(m).value());
+    }
+    opts.ram_files = &ram_files;
+  } else if (a.mode != "staged") {
+    spdlog::error("--mode must be direct or staged");
+    return 2;
+  }
+  opts.timeout = std::chrono::milliseconds(static_cast<int64_t>(a.timeout_s * 1000));
+  const QemuEndpoint qemu = *to;
+  // exec: mode: the stream owns stdout. Keep it aside and point fd 1 at stderr, so that nothing
+  // else can ever write into QEMU's stream (and fd 1 is never reused for a socket).
+  auto stream_out = std::make_shared<Fd>();
+  if (qemu.kind == QemuEndpoint::kStdio) {
+    *stream_out = Fd(::dup(STDOUT_FILENO));
+    ::dup2(STDERR_FILENO, STDOUT_FILENO);
+  }
+  opts.connect_qemu = [qemu, stream_out]() -> Result<Fd> {
+    if (qemu.kind == QemuEndpoint::kStdio) return std::move(*stream_out);
+    if (qemu.kind == QemuEndpoint::kUnix) return ConnectUnix(qemu.path, std::chrono::seconds(10));
+    return ConnectTcp(qemu.tcp, std::chrono::seconds(10));
+  };
+  auto listener = session::DestinationListener::Listen(*addr);
+  if (!listener.ok()) {
+    spdlog::error("cannot listen: {}", listener.status().ToString());
+    return 1;
+  }
+  std::fprintf(stderr, "rdmig receive: listening on %s:%u (%s mode)\n", addr->host.c_str(),
+               listener->port(), a.mode.c_str());
+  std::fflush(stderr);
+  auto r = endpoint::RunDestinationStream(*listener, opts);
+  FILE* out = stdout;  // stderr in exec: mode (see above)
+  if (!r.ok()) {
+    spdlog::error("migration failed, destination QEMU's stream cut short: {}",
+                  r.status().ToString());
+    WriteJson(a.json, {{"outcome", "failed"}, {"error", r.status().ToString()}});
+    return 1;
+  }
+  std::fprintf(out, "rdmig receive: %s written to QEMU, %lu pages landed (%s), %s mode\n",
+               FormatBytes(double(r->qemu_bytes)).c_str(), static_cast<unsigned long>(r->pages),
+               FormatBytes(double(r->lane_bytes)).c_str(), r->mode.c_str());
+  std::fprintf(out, "  layout   %s\n", r->layout.c_str());
+  if (!r->passthrough.empty()) std::fprintf(out, "  pass-through: %s\n", r->passthrough.c_str());
+  WriteJson(a.json, {{"outcome", "completed"},
+                     {"mode", r->mode},
+                     {"layout", r->layout},
+                     {"qemu_bytes", r->qemu_bytes},
+                     {"pages", r->pages},
+                     {"lane_bytes", r->lane_bytes},
+                     {"passthrough", r->passthrough}});
+  return 0;
+}
+
+}  // namespace
+
+std::function<int()> AddSendCommand(CLI::App& app) {
+  auto a = std::make_shared<SendArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "send",
+      "source endpoint: take QEMU's outgoing migration stream and carry it to `rdmig receive`");
+  cmd->add_option("--to", a->to, "the destination endpoint's control address HOST:PORT")
+      ->required();
+  cmd->add_option("--from", a->from,
+                  "where QEMU's stream comes from: unix:PATH or tcp:HOST:PORT (rdmig listens; "
+                  "`migrate` QEMU there), or - for stdin (`migrate exec:rdmig send ...`)")
+      ->capture_default_str();
+  cmd->add_option("--lanes", a->lanes, "lanes (connections or queue pairs)")
+      ->check(CLI::Range(1, 16))
+      ->capture_default_str();
+  cmd->add_option("--accept-timeout", a->accept_timeout_s, "seconds to wait for QEMU to connect")
+      ->capture_default_str();
+  cmd->add_option("--json", a->json, "also write the report as JSON to FILE");
+  return [a] { return RunSend(*a); };
+}
+
+std::function<int()> AddReceiveCommand(CLI::App& app) {
+  auto a = std::make_shared<ReceiveArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "receive", "destination endpoint: land the pages and feed the destination QEMU its stream");
+  cmd->add_option("--listen", a->listen, "control address HOST:PORT for `rdmig send` (port 0: any)")
+      ->capture_default_str();
+  cmd->add_option("--to-qemu", a->to_qemu,
+                  "the destination QEMU's incoming socket: unix:PATH or tcp:HOST:PORT (QEMU "
+                  "listens: `migrate-incoming` it there), or - for stdout (`-incoming exec:rdmig "
+                  "receive ...`)")
+      ->required();
+  cmd->add_option("--mode", a->mode, "direct (pages land in the guest's RAM file) or staged")
+      ->capture_default_str();
+  cmd->add_option("--ram-file", a->ram_files,
+                  "direct mode: BLOCK=PATH, the destination guest's RAM file of a RAM block "
+                  "(e.g. mem0=/dev/shm/guest.ram); repeatable");
+  cmd->add_option("--timeout", a->timeout_s, "seconds without progress before giving up")
+      ->capture_default_str();
+  cmd->add_option("--json", a->json, "also write the report as JSON to FILE");
+  return [a] { return RunReceive(*a); };
+}
+
+}  // namespace rdmig::cli

@@ -1,0 +1,170 @@
+#include "qemu-plugin/destination_endpoint.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <vector>
+
+#include "qemu-plugin/stream/chunk.h"
+
+namespace rdmig::endpoint {
+
+namespace pb = session::pb;
+
+Result<MappedFile> MappedFile::Open(const std::string& path) {
+  Fd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+  if (!fd.valid()) return Status::FromErrno("open RAM file " + path, errno, Code::kUnavailable);
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return Status::FromErrno("stat " + path, errno);
+  if (st.st_size <= 0) return Error(Code::kInvalidArgument, "RAM file " + path + " is empty");
+  // Populated now, before any source connects: faulting the pages in while they land costs more.
+  void* p =
+      ::mmap(nullptr, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd.get(), 0);
+  if (p == MAP_FAILED) return Status::FromErrno("mmap " + path, errno);
+  MappedFile m;
+  m.data_ = static_cast<std::byte*>(p);
+  m.size_ = static_cast<uint64_t>(st.st_size);
+  m.path_ = path;
+  return m;
+}
+
+MappedFile::MappedFile(MappedFile&& o) noexcept
+    : data_(std::exchange(o.data_, nullptr)), size_(o.size_), path_(std::move(o.path_)) {}
+
+MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
+  if (this != &o) {
+    if (data_ != nullptr) ::munmap(data_, size_);
+    data_ = std::exchange(o.data_, nullptr);
+    size_ = o.size_;
+    path_ = std::move(o.path_);
+  }
+  return *this;
+}
+
+MappedFile::~MappedFile() {
+  if (data_ != nullptr) ::munmap(data_, size_);
+}
+
+namespace {
+
+// Private staging memory for one block.
+struct Staging {
+  std::byte* data = nullptr;
+  uint64_t size = 0;
+  Staging() = default;
+  Staging(Staging&& o) noexcept : data(std::exchange(o.data, nullptr)), size(o.size) {}
+  Staging(const Staging&) = delete;
+  ~Staging() {
+    if (data != nullptr) ::munmap(data, size);
+  }
+};
+
+}  // namespace
+
+Result<DestinationStreamReport> RunDestinationStream(session::DestinationListener& listener,
+                                                     const DestinationStreamOptions& options) {
+  using Mode = DestinationStreamOptions::Mode;
+  DestinationStreamReport report;
+  report.mode = options.mode == Mode::kDirect ? "direct" : "staged";
+  std::vector<Staging> staging;
+
+  auto prepare = [&](const std::vector<session::RegionSpec>& offered,
+                     RegionRegistry* regions) -> Status {
+    for (const session::RegionSpec& r : offered) {
+      if (!report.layout.empty()) report.layout += ", ";
+      report.layout += r.name + " " + std::to_string(r.length);
+      if (options.mode == Mode::kDirect) {
+        auto it = options.ram_files ? options.ram_files->find(r.name) : options.ram_files->end();
+        if (options.ram_files == nullptr || it == options.ram_files->end()) {
+          report.layout += " (stream)";
+          continue;
+        }
+        if (it->second.size() < r.length) {
+          return Error(Code::kInvalidArgument, "RAM file " + it->second.path() + " has " +
+                                                   std::to_string(it->second.size()) +
+                                                   " bytes but the source's block '" + r.name +
+                                                   "' has " + std::to_string(r.length) +
+                                                   " (is it the right guest?)");
+        }
+        RDMIG_RETURN_IF_ERROR(regions->Add(r.id, r.name, it->second.data(), r.length));
+        report.layout += " (direct)";
+      } else {
+        void* p =
+            ::mmap(nullptr, r.length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) {
+          return Status::FromErrno("staging for block '" + r.name + "'", errno);
+        }
+        Staging st;
+        st.data = static_cast<std::byte*>(p);
+        st.size = r.length;
+        RDMIG_RETURN_IF_ERROR(regions->Add(r.id, r.name, st.data, r.length));
+        staging.push_back(std::move(st));
+        report.layout += " (staged)";
+      }
+    }
+    if (options.mode == Mode::kDirect && options.ram_files != nullptr) {
+      for (const auto& [name, file] : *options.ram_files) {
+        if (report.layout.find(name + " ") == std::string::npos) {
+          return Error(Code::kInvalidArgument,
+                       "the source's guest has no RAM block '" + name + "'");
+        }
+      }
+    }
+    return Status::Ok();
+  };
+
+  session::DestinationOptions dopts;
+  dopts.timeout = options.timeout;
+  dopts.mode = report.mode;
+  RDMIG_ASSIGN_OR_RETURN(std::unique_ptr<session::DestinationSession> d,
+                         listener.Accept(prepare, dopts));
+  RDMIG_ASSIGN_OR_RETURN(Fd qemu, options.connect_qemu());
+  bool ended = false;
+  std::vector<iovec> iov;
+
+  auto on_chunk = [&](const pb::SourceMessage& msg) -> Status {
+    if (!msg.has_chunk()) return Error(Code::kProtocol, "unexpected control message");
+    const pb::StreamChunk& c = msg.chunk();
+    if (ended) return Error(Code::kProtocol, "stream chunk after the end of the stream");
+    if (!c.passthrough().empty()) report.passthrough = c.passthrough();
+    // Design rule 2: nothing of this chunk reaches QEMU before the pages posted before it landed.
+    RDMIG_RETURN_IF_ERROR(d->receiver().WaitWatermark(c.watermark(), options.timeout));
+    iov.clear();
+    RDMIG_RETURN_IF_ERROR(stream::ForEachOp(c.ops(), [&](const stream::ChunkOp& op) -> Status {
+      if (op.kind == stream::ChunkOp::kRaw) {
+        iov.push_back({const_cast<std::byte*>(op.data), op.length});
+        return Status::Ok();
+      }
+      RDMIG_ASSIGN_OR_RETURN(std::byte * p, d->regions().Check(op.region, op.offset, op.length));
+      iov.push_back({p, op.length});
+      return Status::Ok();
+    }));
+    for (size_t at = 0; at < iov.size(); at += IOV_MAX) {
+      const int n = static_cast<int>(std::min<size_t>(IOV_MAX, iov.size() - at));
+      for (int i = 0; i < n; ++i) report.qemu_bytes += iov[at + i].iov_len;
+      RDMIG_RETURN_IF_ERROR(WriteAllV(qemu.get(), iov.data() + at, n, "destination QEMU"));
+    }
+    ++report.chunks;
+    if (c.end()) {
+      ended = true;
+      qemu.reset();  // QEMU has its whole stream
+    }
+    return Status::Ok();
+  };
+
+  RDMIG_ASSIGN_OR_RETURN(session::LandedReport landed, d->Serve(options.timeout, on_chunk));
+  if (!ended) {
+    return Error(Code::kAborted, "the source completed without ending the stream");
+  }
+  report.pages = landed.pages;
+  report.lane_bytes = landed.bytes;
+  return report;
+}
+
+}  // namespace rdmig::endpoint

@@ -1,0 +1,66 @@
+// The destination endpoint (`rdmig receive`): accepts the source endpoint, lands pages, and feeds
+// the destination QEMU its stream, writing each chunk only after every page before it landed.
+//
+// Modes:
+//  - direct: the blocks named in `ram_files` are the destination guest's RAM files, mapped shared;
+//    pages land in guest memory and their records are left out of QEMU's stream. Other blocks
+//    (ROMs, vram) stay in the stream.
+//  - staged: every block lands in private staging memory; each page record is written to QEMU with
+//    its payload taken from staging.
+// On any failure QEMU's connection is closed with the stream cut short, so the destination QEMU
+// fails its load and never runs a guest with incomplete memory (design rule 5).
+// Thread-safety: runs on the calling thread.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <string>
+
+#include "control/session/session.h"
+#include "transfer/net/socket.h"
+
+namespace rdmig::endpoint {
+
+// A file mapped shared, read-write (a guest RAM file); unmapped on destruction.
+class MappedFile {
+ public:
+  static Result<MappedFile> Open(const std::string& path);
+  MappedFile() = default;
+  MappedFile(MappedFile&& o) noexcept;
+  MappedFile& operator=(MappedFile&& o) noexcept;
+  MappedFile(const MappedFile&) = delete;
+  ~MappedFile();
+  std::byte* data() const { return data_; }
+  uint64_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::byte* data_ = nullptr;
+  uint64_t size_ = 0;
+  std::string path_;
+};
+
+struct DestinationStreamOptions {
+  enum class Mode { kDirect, kStaged } mode = Mode::kStaged;
+  std::map<std::string, MappedFile>* ram_files = nullptr;  // direct: block name -> its RAM file
+  std::chrono::milliseconds timeout{30000};
+  // Opens the connection to the destination QEMU; called once the source is accepted.
+  std::function<Result<Fd>()> connect_qemu;
+};
+
+struct DestinationStreamReport {
+  std::string mode;
+  std::string layout;       // "mem0 536862720 (direct), pc.bios 262144 (stream), ..."
+  uint64_t qemu_bytes = 0;  // written to the destination QEMU
+  uint64_t pages = 0;       // landed on lanes (payload pages and zero fills)
+  uint64_t lane_bytes = 0;
+  uint64_t chunks = 0;
+  std::string passthrough;
+};
+
+// Accepts one source on `listener` and runs its migration to the end.
+Result<DestinationStreamReport> RunDestinationStream(session::DestinationListener& listener,
+                                                     const DestinationStreamOptions& options);
+
+}  // namespace rdmig::endpoint

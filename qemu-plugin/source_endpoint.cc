@@ -1,0 +1,168 @@
+#include "qemu-plugin/source_endpoint.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "qemu-plugin/stream/chunk.h"
+#include "qemu-plugin/stream/format.h"
+#include "qemu-plugin/stream/parser.h"
+
+namespace rdmig::endpoint {
+
+using Clock = std::chrono::steady_clock;
+namespace pb = session::pb;
+
+namespace {
+
+// Reads what is available (at least one byte) into [p, p + n); 0 at end of stream.
+Result<size_t> ReadSome(int fd, std::byte* p, size_t n) {
+  for (;;) {
+    ssize_t r = ::read(fd, p, n);
+    if (r >= 0) return static_cast<size_t>(r);
+    if (errno != EINTR) return Status::FromErrno("read QEMU's migration stream", errno);
+  }
+}
+
+}  // namespace
+
+Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOptions& options) {
+  SourceStreamReport report;
+  std::vector<std::byte> buf(options.buffer_bytes);
+  size_t have = 0;
+  bool eof = false;
+  stream::StreamParser parser;
+  std::vector<stream::Item> items;
+  items.reserve(options.buffer_bytes / stream::kTargetPageSize + 64);
+  stream::ChunkWriter chunk;
+  Clock::time_point start;
+  auto next_progress = Clock::now();
+
+  // Reads more of QEMU's stream after the parsed prefix [0, used) is no longer needed.
+  auto refill = [&](size_t used, bool read) -> Status {
+    std::memmove(buf.data(), buf.data() + used, have - used);
+    have -= used;
+    if (have == buf.size()) parser.ForcePassthrough("a record larger than the stream buffer");
+    if (!read || have == buf.size() || eof) return Status::Ok();
+    RDMIG_ASSIGN_OR_RETURN(size_t n, ReadSome(qemu_fd, buf.data() + have, buf.size() - have));
+    if (report.stream_bytes == 0 && n > 0) start = Clock::now();
+    report.stream_bytes += n;
+    have += n;
+    eof = n == 0;
+    if (options.progress && Clock::now() >= next_progress) {
+      options.progress(report.stream_bytes);
+      next_progress = Clock::now() + std::chrono::milliseconds(500);
+    }
+    return Status::Ok();
+  };
+
+  // 1. Up to QEMU's RAM block list: it is the layout the session offers.
+  RDMIG_RETURN_IF_ERROR(refill(0, true));
+  while (!parser.layout_known() && !eof) {
+    size_t used = parser.Parse(std::span(buf.data(), have), &items, /*until_layout=*/true);
+    for (const stream::Item& it : items) {  // no page record comes before the block list
+      chunk.Raw(it.data, it.length);
+      if (it.kind == stream::Item::kPage) chunk.Raw(it.page, stream::kTargetPageSize);
+    }
+    items.clear();
+    RDMIG_RETURN_IF_ERROR(refill(used, !parser.layout_known()));
+  }
+  std::vector<session::RegionSpec> layout;
+  for (size_t i = 0; i < parser.blocks().size(); ++i) {
+    layout.push_back(
+        {static_cast<uint32_t>(i), parser.blocks()[i].name, parser.blocks()[i].length});
+  }
+  session::SourceOptions sopts;
+  sopts.lanes = options.lanes;
+  sopts.timeout = options.timeout;
+  sopts.name = "rdmig send";
+  RDMIG_ASSIGN_OR_RETURN(std::unique_ptr<session::SourceSession> s,
+                         session::SourceSession::Connect(options.destination, layout, sopts));
+  Transport& tx = s->transport();
+  report.transport = tx.capabilities().name;
+  report.lanes = tx.capabilities().lanes;
+  report.mode = s->mode();
+  const bool staged = s->mode() == "staged";
+  std::vector<bool> laned(layout.size(), false);
+  for (uint32_t id : s->registered_regions()) {
+    if (id < laned.size()) laned[id] = true;
+  }
+
+  std::vector<PageWrite> pages;
+  pages.reserve(items.capacity());
+  uint64_t tag = 0, mark = 0;
+  bool passthrough_sent = false;
+  auto send_chunk = [&](bool end) -> Status {
+    pb::SourceMessage msg;
+    pb::StreamChunk* c = msg.mutable_chunk();
+    RDMIG_RETURN_IF_ERROR(tx.PostWatermark(++mark));
+    c->set_watermark(mark);
+    c->set_ops(chunk.ops());
+    c->set_end(end);
+    if (!parser.passthrough_reason().empty() && !passthrough_sent) {
+      c->set_passthrough(parser.passthrough_reason());
+      passthrough_sent = true;
+    }
+    report.control_bytes += chunk.size();
+    ++report.chunks;
+    chunk.clear();
+    return s->control().Send(msg);
+  };
+
+  // 2. The stream: pages of registered blocks on their lanes, the rest in chunks behind watermarks.
+  for (;;) {
+    size_t used = parser.Parse(std::span(buf.data(), have), &items);
+    for (const stream::Item& it : items) {
+      if (it.kind == stream::Item::kRaw || !laned[it.block]) {
+        chunk.Raw(it.data, it.length);
+        if (it.kind == stream::Item::kPage) chunk.Raw(it.page, stream::kTargetPageSize);
+      } else if (it.kind == stream::Item::kPage) {
+        pages.push_back(PageWrite{it.page, it.offset, stream::kTargetPageSize, it.block});
+        report.lane_bytes += stream::kTargetPageSize;
+        if (staged) {  // the record stays in the stream; its payload comes from staging
+          chunk.Raw(it.data, it.length);
+          chunk.Staged(it.block, it.offset, stream::kTargetPageSize);
+        }
+      } else if (staged) {
+        // Staged: QEMU applies every record in stream order, so a zero record stays in the stream.
+        chunk.Raw(it.data, it.length);
+      } else {
+        // Direct: the zero goes on the page's lane, in order with that page's writes (rule 3).
+        pages.push_back(PageWrite{nullptr, it.offset, stream::kTargetPageSize, it.block});
+        ++report.zero_pages;
+      }
+    }
+    items.clear();
+    if (!pages.empty()) {
+      RDMIG_RETURN_IF_ERROR(tx.Post(pages, ++tag));
+      report.pages += pages.size();
+      pages.clear();
+    }
+    if (!chunk.empty()) RDMIG_RETURN_IF_ERROR(send_chunk(false));
+    // Page data lives in `buf`: it may move only once the transport is done with it.
+    if (tag > 0) RDMIG_RETURN_IF_ERROR(tx.WaitCompleted(tag, options.timeout).status());
+    if (eof && used == have) break;
+    if (eof) {
+      return Error(Code::kAborted, "QEMU's migration stream ended inside a record (" +
+                                       std::to_string(have - used) + " bytes left, " +
+                                       stream::StateName(parser.state()) + ")");
+    }
+    RDMIG_RETURN_IF_ERROR(refill(used, true));
+  }
+  if (!parser.at_clean_end()) {
+    return Error(Code::kAborted, std::string("QEMU's migration stream ended ") +
+                                     stream::StateName(parser.state()) +
+                                     " (the source migration was cancelled or failed)");
+  }
+  RDMIG_RETURN_IF_ERROR(send_chunk(true));
+  RDMIG_ASSIGN_OR_RETURN(session::LandedReport landed,
+                         s->Complete(++mark, report.pages, report.lane_bytes, options.timeout));
+  (void)landed;
+  report.passthrough = parser.passthrough_reason();
+  report.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  return report;
+}
+
+}  // namespace rdmig::endpoint

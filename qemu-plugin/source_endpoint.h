@@ -1,0 +1,46 @@
+// The source endpoint (`rdmig send`): reads the source QEMU's migration stream, sends the RAM pages
+// of the blocks the destination registered on lanes, and everything else, in order, as stream
+// chunks on the control channel, each released at the destination only after the pages before it
+// landed.
+//
+// Any failure returns an error; the caller closes QEMU's connection, so the source migration fails
+// and the guest keeps running (design rule 5).
+// Thread-safety: runs on the calling thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "control/session/session.h"
+
+namespace rdmig::endpoint {
+
+struct SourceStreamOptions {
+  HostPort destination;  // the destination endpoint's control address
+  uint32_t lanes = 4;
+  size_t buffer_bytes = 4u << 20;  // stream bytes parsed at a time (pages are sent from here)
+  std::chrono::milliseconds timeout{30000};
+  // Called about every 500 ms with the stream bytes read so far.
+  std::function<void(uint64_t stream_bytes)> progress;
+};
+
+struct SourceStreamReport {
+  std::string transport;
+  std::string mode;
+  uint32_t lanes = 0;
+  uint64_t stream_bytes = 0;   // read from QEMU
+  uint64_t pages = 0;          // page writes on lanes (payload pages and zero fills)
+  uint64_t zero_pages = 0;     // of which zero fills
+  uint64_t lane_bytes = 0;     // payload bytes on lanes
+  uint64_t control_bytes = 0;  // stream bytes forwarded on the control channel
+  uint64_t chunks = 0;
+  std::string passthrough;  // why part of the stream went verbatim; empty if none did
+  double seconds = 0;       // first byte from QEMU to the destination's landed confirmation
+};
+
+// Runs one migration: reads QEMU's stream from `qemu_fd` until QEMU closes it.
+Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOptions& options);
+
+}  // namespace rdmig::endpoint
