@@ -12,5 +12,7 @@ std::function<int()> AddBenchCommand(CLI::App& app);
 // `rdmig send` / `rdmig receive`: the source and destination endpoints of a QEMU migration.
 std::function<int()> AddSendCommand(CLI::App& app);
 std::function<int()> AddReceiveCommand(CLI::App& app);
+// `rdmig migrate`: drives a live migration over QMP through the source endpoint.
+std::function<int()> AddMigrateCommand(CLI::App& app);
 
 }  // namespace rdmig::cli

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   auto run_bench = rdmig::cli::AddBenchCommand(app);
   auto run_send = rdmig::cli::AddSendCommand(app);
   auto run_receive = rdmig::cli::AddReceiveCommand(app);
+  auto run_migrate = rdmig::cli::AddMigrateCommand(app);
 
   try {
     app.parse(argc, argv);
@@ -33,5 +34,6 @@ int main(int argc, char** argv) {
   if (app.got_subcommand("bench")) return run_bench();
   if (app.got_subcommand("send")) return run_send();
   if (app.got_subcommand("receive")) return run_receive();
+  if (app.got_subcommand("migrate")) return run_migrate();
   return 2;
 }

@@ -137,6 +137,7 @@ class Guest:
         self.workdir = workdir or tempfile.mkdtemp(prefix=f"rdmig-{name}-")
         self.ram_path = f"/dev/shm/rdmig-{name}-{os.getpid()}-{id(self)}.ram"
         self.qmp_path = f"{self.workdir}/{name}.qmp"
+        self.qmp2_path = f"{self.workdir}/{name}.qmp2"  # a second monitor, for rdmig migrate
         self.serial_path = f"{self.workdir}/{name}.serial"
         args = [
             "qemu-system-x86_64", "-accel", "tcg", "-m", RAM, "-smp", "1",
@@ -146,6 +147,7 @@ class Guest:
             "-append", f"console=ttyS0 quiet panic=-1 rdmig.wss={wss_mib} rdmig.rate={rate_mib}",
             "-display", "none", "-monitor", "none", "-no-reboot", "-nic", "none",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+            "-qmp", f"unix:{self.qmp2_path},server=on,wait=off",
             "-chardev", f"socket,id=ser0,path={self.serial_path},server=on,wait=off,"
                         f"logfile={self.workdir}/{name}.serial.log",
             "-serial", "chardev:ser0", *extra]
