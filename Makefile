@@ -3,8 +3,9 @@ BUILD      ?= build
 BUILD_TYPE ?= RelWithDebInfo
 JOBS       ?= $(shell nproc)
 CTEST_ARGS ?=
+RUNS       ?= 5
 
-.PHONY: all deps configure build test demo bench format clean
+.PHONY: all deps configure build test demo demo-pages bench bench-migration format clean
 
 all: build
 
@@ -23,10 +24,16 @@ test: build
 	cd $(BUILD) && ctest --output-on-failure $(CTEST_ARGS)
 
 demo: build
+	scripts/demo-migration $(BUILD)/control/cli/rdmig $(BUILD)/guest
+
+demo-pages: build
 	scripts/demo $(BUILD)
 
 bench: build
 	scripts/bench-pages $(BUILD)
+
+bench-migration: build
+	scripts/bench-migration $(BUILD)/control/cli/rdmig $(BUILD)/guest $(BUILD)/bench/migration.json $(RUNS)
 
 format:
 	find transfer control qemu-plugin bench tests -name '*.h' -o -name '*.cc' | xargs clang-format -i
