@@ -26,6 +26,15 @@ Result<size_t> ReadSome(int fd, std::byte* p, size_t n) {
   }
 }
 
+// A PAGE record header for offset 0 of `block`, naming the block (no CONTINUE).
+void AnnounceBlock(const session::RegionSpec& block, stream::ChunkWriter* chunk) {
+  std::byte header[8 + 1 + 255] = {};
+  header[7] = std::byte{static_cast<uint8_t>(stream::kRamPage)};
+  header[8] = std::byte{static_cast<uint8_t>(block.name.size())};
+  std::memcpy(header + 9, block.name.data(), block.name.size());
+  chunk->Raw(header, 9 + block.name.size());
+}
+
 }  // namespace
 
 Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOptions& options) {
@@ -44,7 +53,9 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
   auto refill = [&](size_t used, bool read) -> Status {
     std::memmove(buf.data(), buf.data() + used, have - used);
     have -= used;
-    if (have == buf.size()) parser.ForcePassthrough("a record larger than the stream buffer");
+    if (have == buf.size()) {
+      parser.ForcePassthrough("a record larger than the stream buffer", &items);
+    }
     if (!read || have == buf.size() || eof) return Status::Ok();
     RDMIG_ASSIGN_OR_RETURN(size_t n, ReadSome(qemu_fd, buf.data() + have, buf.size() - have));
     if (report.stream_bytes == 0 && n > 0) start = Clock::now();
@@ -115,6 +126,16 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
   for (;;) {
     size_t used = parser.Parse(std::span(buf.data(), have), &items);
     for (const stream::Item& it : items) {
+      if (it.kind == stream::Item::kPassthrough) {
+        if (!staged && it.block != stream::Item::kNoBlock && laned[it.block]) {
+          // QEMU never saw the stripped records, so it does not know which block a verbatim
+          // CONTINUE record refers to. Name it: a PAGE record for page 0 of that block whose
+          // payload is what landed there (the chunk is released only after it landed).
+          AnnounceBlock(layout[it.block], &chunk);
+          chunk.Staged(it.block, 0, stream::kTargetPageSize);
+        }
+        continue;
+      }
       if (it.kind == stream::Item::kRaw || !laned[it.block]) {
         chunk.Raw(it.data, it.length);
         if (it.kind == stream::Item::kPage) chunk.Raw(it.page, stream::kTargetPageSize);

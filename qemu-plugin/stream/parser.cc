@@ -68,10 +68,18 @@ void StreamParser::Raw(const std::byte* p, size_t n, std::vector<Item>* out) {
   out->push_back(item);
 }
 
-void StreamParser::ForcePassthrough(std::string reason) {
+void StreamParser::ForcePassthrough(std::string reason, std::vector<Item>* out) {
+  EnterPassthrough(reason, out);
+}
+
+void StreamParser::EnterPassthrough(const std::string& reason, std::vector<Item>* out) {
   if (state_ == State::kPassthrough) return;
   state_ = State::kPassthrough;
-  passthrough_reason_ = std::move(reason) + " at stream offset " + std::to_string(position_);
+  passthrough_reason_ = reason + " at stream offset " + std::to_string(position_);
+  Item item;
+  item.kind = Item::kPassthrough;
+  item.block = current_block_ >= 0 ? static_cast<uint32_t>(current_block_) : Item::kNoBlock;
+  out->push_back(item);
 }
 
 size_t StreamParser::Parse(std::span<const std::byte> data, std::vector<Item>* out,
@@ -87,8 +95,7 @@ size_t StreamParser::Parse(std::span<const std::byte> data, std::vector<Item>* o
     Step step = ParseOne(data.subspan(consumed), &used, out);
     if (step == Step::kNeedMore) break;
     if (step == Step::kUnknown) {
-      state_ = State::kPassthrough;
-      passthrough_reason_ = unknown_ + " at stream offset " + std::to_string(position_);
+      EnterPassthrough(unknown_, out);
       continue;
     }
     consumed += used;

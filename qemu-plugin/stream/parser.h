@@ -27,7 +27,12 @@ struct Item {
     kRaw,   // bytes to forward verbatim: [data, data + length)
     kPage,  // a PAGE record: header [data, data + length), payload at `page` (kTargetPageSize)
     kZero,  // a ZERO record: the whole record [data, data + length); fill byte in `fill`
+    // The stream switches to pass-through here: every byte after this is verbatim. `block` is the
+    // RAM block the source QEMU named last (what a following CONTINUE record refers to), or
+    // kNoBlock.
+    kPassthrough,
   };
+  static constexpr uint32_t kNoBlock = UINT32_MAX;
   Kind kind = kRaw;
   uint8_t fill = 0;
   uint32_t block = 0;   // index into blocks() (kPage, kZero)
@@ -55,7 +60,7 @@ class StreamParser {
 
   // Switches to pass-through from the next unparsed byte on, e.g. when a record does not fit the
   // caller's buffer.
-  void ForcePassthrough(std::string reason);
+  void ForcePassthrough(std::string reason, std::vector<Item>* out);
 
   State state() const { return state_; }
   const std::vector<RamBlock>& blocks() const { return blocks_; }
@@ -75,6 +80,7 @@ class StreamParser {
   Step ParseTopLevel(std::span<const std::byte> data, size_t* used, std::vector<Item>* out);
   Step ParseRamRecord(std::span<const std::byte> data, size_t* used, std::vector<Item>* out);
   void Raw(const std::byte* p, size_t n, std::vector<Item>* out);
+  void EnterPassthrough(const std::string& reason, std::vector<Item>* out);
 
   State state_ = State::kHeader;
   std::vector<RamBlock> blocks_;

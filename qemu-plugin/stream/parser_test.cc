@@ -15,8 +15,9 @@ namespace {
 using testing::StreamBuilder;
 
 struct Parsed {
-  std::vector<std::byte> rebuilt;  // every item put back together, in order
-  std::vector<Item> pages;         // kPage and kZero items (pointers not kept valid)
+  std::vector<std::byte> rebuilt;       // every item put back together, in order
+  std::vector<Item> pages;              // kPage and kZero items (pointers not kept valid)
+  uint32_t passthrough_block = 0xdead;  // from the kPassthrough item, if one came
 };
 
 // Feeds `in` to the parser `piece` bytes at a time, as an endpoint does with its buffer, and puts
@@ -36,7 +37,8 @@ Parsed ParseInPieces(StreamParser& parser, const std::vector<std::byte>& in, siz
       if (it.kind == Item::kPage) {
         out.rebuilt.insert(out.rebuilt.end(), it.page, it.page + kTargetPageSize);
       }
-      if (it.kind != Item::kRaw) out.pages.push_back(it);
+      if (it.kind == Item::kPage || it.kind == Item::kZero) out.pages.push_back(it);
+      if (it.kind == Item::kPassthrough) out.passthrough_block = it.block;
     }
     buffer.erase(buffer.begin(), buffer.begin() + used);
     if (n == 0 && used == 0) break;  // input ended inside a record
@@ -93,6 +95,7 @@ TEST(StreamParser, UnknownRecordFlagSwitchesToPassthroughWithoutLosingBytes) {
   EXPECT_EQ(p.state(), StreamParser::State::kPassthrough);
   EXPECT_NE(p.passthrough_reason().find("XBZRLE"), std::string::npos) << p.passthrough_reason();
   EXPECT_EQ(p.pages(), 1u) << "only the page before the unknown record is taken out";
+  EXPECT_EQ(out.passthrough_block, 0u) << "the block a CONTINUE record would refer to";
   EXPECT_TRUE(p.at_clean_end());
 }
 

@@ -11,6 +11,17 @@ namespace rdmig {
 namespace {
 std::string LaneName(uint32_t lane) { return "tcp lane " + std::to_string(lane); }
 
+// Zero-fills [p, p + n) without writing where it already is zero: destination guest memory is
+// mostly still zero, and a read leaves the page clean where a write would dirty it (QEMU's own
+// loader does the same).
+void ZeroFill(std::byte* p, size_t n) {
+  static constexpr std::byte kZeros[4096] = {};
+  for (size_t at = 0; at < n; at += sizeof(kZeros)) {
+    const size_t len = std::min(n - at, sizeof(kZeros));
+    if (std::memcmp(p + at, kZeros, len) != 0) std::memset(p + at, 0, len);
+  }
+}
+
 Capabilities TcpCapabilities(uint32_t lanes) {
   Capabilities caps;
   caps.name = "tcp";
@@ -257,7 +268,7 @@ Status TcpReceiver::LandFrames(Lane& lane) {
             }
             landed += run_bytes;
           }
-          if (zero) std::memset(lane.iov[i].iov_base, 0, lane.iov[i].iov_len);
+          if (zero) ZeroFill(static_cast<std::byte*>(lane.iov[i].iov_base), lane.iov[i].iov_len);
           run = i + 1;
         }
         lane.pages.fetch_add(h.count, std::memory_order_relaxed);
