@@ -184,6 +184,42 @@ TEST_F(BadInput, WatermarkMustIncrease) {
   EXPECT_EQ(s.code(), Code::kProtocol) << s.ToString();
 }
 
+// Design rule 2 on the destination: a watermark counts only once every lane has passed it, and
+// it covers the pages its lane carried before it.
+TEST(TcpReceiver, WatermarkWaitsForEveryLane) {
+  AnonMemory dst(8 * 4096);
+  RegionRegistry regions;
+  ASSERT_TRUE(regions.Add(0, "ram", dst.data(), dst.size()).ok());
+  auto fds = LoopbackTcpLanes(2);
+  ASSERT_TRUE(fds.ok());
+  auto rx = TcpReceiver::Start(std::move(fds->destination), &regions);
+  ASSERT_TRUE(rx.ok());
+  auto frame = [](FrameType type, uint64_t value, std::vector<std::byte> body = {}) {
+    std::vector<std::byte> b(kHeaderBytes);
+    FrameHeader h;
+    h.type = static_cast<uint8_t>(type);
+    h.value = value;
+    h.count = body.empty() ? 0 : 1;
+    Encode(h, b.data());
+    b.insert(b.end(), body.begin(), body.end());
+    return b;
+  };
+  std::vector<std::byte> page(kDescBytes + 4096, std::byte{0x5A});
+  Encode(PageDesc{0, 4096, 0}, page.data());
+  auto on_lane0 = frame(FrameType::kPages, 4096, page);
+  auto mark = frame(FrameType::kWatermark, 1);
+  on_lane0.insert(on_lane0.end(), mark.begin(), mark.end());
+  ASSERT_TRUE(SendAll(fds->source[0].get(), on_lane0.data(), on_lane0.size(), "t").ok());
+  // Lane 1 has not passed watermark 1: it must not count as landed.
+  Status early = (*rx)->WaitWatermark(1, std::chrono::milliseconds(300));
+  EXPECT_EQ(early.code(), Code::kTimeout) << early.ToString();
+  EXPECT_EQ((*rx)->LandedWatermark(), 0u);
+  ASSERT_TRUE(SendAll(fds->source[1].get(), mark.data(), mark.size(), "t").ok());
+  ASSERT_TRUE((*rx)->WaitWatermark(1, seconds(10)).ok());
+  EXPECT_EQ(dst.data()[0], std::byte{0x5A}) << "the page before the watermark landed";
+  EXPECT_EQ((*rx)->LandedWatermark(), 1u);
+}
+
 TEST(TcpLanes, StrayAndWrongSessionConnectionsAreRejected) {
   auto listener = ListenTcp(HostPort{"127.0.0.1", 0});
   ASSERT_TRUE(listener.ok());
