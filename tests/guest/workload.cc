@@ -23,7 +23,12 @@ namespace {
 constexpr size_t kPage = 4096;
 constexpr size_t kWords = kPage / 8;
 
+// rdmig.sparse=1: a rewrite changes only the first 64 bytes of a page (the rest depends on the page
+// alone), so QEMU's XBZRLE finds small deltas and sends XBZRLE records.
+bool g_sparse = false;
+
 inline uint64_t Word(uint64_t page, uint32_t gen, uint64_t i) {
+  if (g_sparse && i >= 8) gen = 0;
   return (page * 0x9E3779B97F4A7C15ull) ^ (uint64_t{gen} * 0xC2B2AE3D27D4EB4Full) ^
          (i * 0x165667B19E3779F9ull);
 }
@@ -61,12 +66,13 @@ int main() {
   }
   const uint64_t wss_mib = static_cast<uint64_t>(Param(cmdline, "rdmig.wss=", 64));
   const double rate_mib = static_cast<double>(Param(cmdline, "rdmig.rate=", 0));
+  g_sparse = Param(cmdline, "rdmig.sparse=", 0) != 0;
   const uint64_t pages = wss_mib * 1024 * 1024 / kPage;
   auto* mem = static_cast<uint64_t*>(aligned_alloc(kPage, pages * kPage));
   std::vector<uint32_t> gen(pages, 1);
   for (uint64_t p = 0; p < pages; ++p) Fill(mem + p * kWords, p, 1);
-  printf("RDMIG-READY pages=%llu wss_mib=%llu rate_mib=%.0f\n", (unsigned long long)pages,
-         (unsigned long long)wss_mib, rate_mib);
+  printf("RDMIG-READY pages=%llu wss_mib=%llu rate_mib=%.0f sparse=%d\n", (unsigned long long)pages,
+         (unsigned long long)wss_mib, rate_mib, g_sparse ? 1 : 0);
   fflush(stdout);
   fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
 

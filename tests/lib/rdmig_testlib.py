@@ -131,7 +131,7 @@ class Guest:
     """One QEMU process running the built-in guest (or waiting for an incoming migration)."""
 
     def __init__(self, guest_dir, name, wss_mib=64, rate_mib=0, incoming=None, paused=False,
-                 workdir=None, extra=()):
+                 workdir=None, extra=(), append=""):
         self.name = name
         self.own_workdir = workdir is None
         self.workdir = workdir or tempfile.mkdtemp(prefix=f"rdmig-{name}-")
@@ -144,7 +144,7 @@ class Guest:
             "-object", f"memory-backend-file,id=mem0,size={RAM},mem-path={self.ram_path},share=on",
             "-machine", "q35,memory-backend=mem0",
             "-kernel", f"{guest_dir}/vmlinuz", "-initrd", f"{guest_dir}/initrd.gz",
-            "-append", f"console=ttyS0 quiet panic=-1 rdmig.wss={wss_mib} rdmig.rate={rate_mib}",
+            "-append", f"console=ttyS0 quiet panic=-1 rdmig.wss={wss_mib} rdmig.rate={rate_mib} {append}",
             "-display", "none", "-monitor", "none", "-no-reboot", "-nic", "none",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
             "-qmp", f"unix:{self.qmp2_path},server=on,wait=off",
