@@ -33,6 +33,7 @@ struct Capabilities {
   bool one_sided = false;          // pages land without destination CPU (RDMA WRITE)
   bool completes_on_post = false;  // source memory is reusable as soon as Post returns
   bool zero_copy_send = false;     // payload leaves from the caller's memory, no staging copy
+  bool needs_source_registration = false;  // Post only from memory given to RegisterSource
 };
 
 // Source side. Writes land in the order they were posted on their lane, zero fills included.
@@ -43,6 +44,11 @@ class Transport {
  public:
   virtual ~Transport() = default;
   virtual const Capabilities& capabilities() const = 0;
+
+  // Makes `memory` usable as the source of page writes (RDMA registers it with the device). Call
+  // once per buffer before posting from it; a no-op where capabilities().needs_source_registration
+  // is false. The memory must stay mapped while the transport lives.
+  virtual Status RegisterSource(std::span<const std::byte> memory) { return Status::Ok(); }
 
   // Sends every page of `batch`. `tag` names the batch in completions and must exceed the tag of
   // the previous batch. Blocks while the transport is full (back-pressure).

@@ -59,6 +59,8 @@ TEST_P(TransportConformance, ScatteredPagesLandInPlace) {
     ASSERT_TRUE(regions.Add(1, "ram1", dst1.data(), dst1.size()).ok());
     Result<TransportPair> pair = GetParam().connect(lanes, &regions);
     ASSERT_TRUE(pair.ok()) << pair.status().ToString();
+    ASSERT_TRUE(pair->source->RegisterSource(std::span(src0.data(), src0.size())).ok());
+    ASSERT_TRUE(pair->source->RegisterSource(std::span(src1.data(), src1.size())).ok());
 
     std::vector<uint64_t> order(kPages * 2);
     for (uint64_t i = 0; i < order.size(); ++i) order[i] = i;
@@ -107,6 +109,7 @@ TEST_P(TransportConformance, NewestCopyWinsAndWatermarksCoverEarlierPages) {
   ASSERT_TRUE(regions.Add(0, "ram", dst.data(), dst.size()).ok());
   Result<TransportPair> pair = GetParam().connect(4, &regions);
   ASSERT_TRUE(pair.ok()) << pair.status().ToString();
+  ASSERT_TRUE(pair->source->RegisterSource(std::span(versions.data(), versions.size())).ok());
   uint64_t tag = 0;
   std::vector<PageWrite> batch;
   for (uint32_t v = 0; v < kVersions; ++v) {
@@ -138,6 +141,7 @@ TEST_P(TransportConformance, ZeroFillsLandInOrderWithPages) {
   ASSERT_TRUE(regions.Add(0, "ram", dst.data(), dst.size()).ok());
   Result<TransportPair> pair = GetParam().connect(2, &regions);
   ASSERT_TRUE(pair.ok()) << pair.status().ToString();
+  ASSERT_TRUE(pair->source->RegisterSource(std::span(src.data(), src.size())).ok());
   PageWrite batch[] = {
       {src.data(), 0, kPage, 0},     {nullptr, 0, kPage, 0},     {src.data() + kPage, 0, kPage, 0},
       {src.data(), kPage, kPage, 0}, {nullptr, kPage, kPage, 0}, {nullptr, 2 * kPage, kPage, 0},
@@ -160,6 +164,7 @@ TEST_P(TransportConformance, OutOfRangePageIsRefusedAndNothingLands) {
   ASSERT_TRUE(regions.Add(0, "ram", dst.data(), 16 * kPage).ok());  // the rest is a guard zone
   Result<TransportPair> pair = GetParam().connect(1, &regions);
   ASSERT_TRUE(pair.ok()) << pair.status().ToString();
+  ASSERT_TRUE(pair->source->RegisterSource(std::span(src.data(), src.size())).ok());
   PageWrite bad[] = {{src.data(), 0, kPage, 0}, {src.data() + kPage, 16 * kPage, kPage, 0}};
   Status posted = pair->source->Post(bad, 1);
   Status landed = posted.ok() ? pair->source->PostWatermark(1) : posted;
@@ -179,6 +184,7 @@ TEST_P(TransportConformance, SourceSeesDestinationGoAway) {
   ASSERT_TRUE(regions.Add(0, "ram", dst.data(), dst.size()).ok());
   Result<TransportPair> pair = GetParam().connect(2, &regions);
   ASSERT_TRUE(pair.ok()) << pair.status().ToString();
+  ASSERT_TRUE(pair->source->RegisterSource(std::span(src.data(), src.size())).ok());
   pair->destination.reset();
   uint64_t tag = 0;
   Status s;
@@ -207,6 +213,7 @@ TEST_P(TransportConformance, BulkTransferVerified) {
     ASSERT_TRUE(regions.Add(0, "ram", dst.data(), dst.size()).ok());
     Result<TransportPair> pair = GetParam().connect(lanes, &regions);
     ASSERT_TRUE(pair.ok()) << pair.status().ToString();
+    ASSERT_TRUE(pair->source->RegisterSource(std::span(src.data(), src.size())).ok());
     uint64_t tag = 0;
     PostRange(*pair->source, src.data(), 0, pages, 256, &tag);
     ASSERT_TRUE(pair->source->PostWatermark(1).ok());

@@ -1,0 +1,168 @@
+// The RDMA transport: one RC queue pair per lane. The destination registers its regions for remote
+// write and tells the source (address, rkey, length) per region; the source posts RDMA WRITEs whose
+// scatter-gather lists coalesce pages that are contiguous at the destination, signals selectively,
+// and bounds outstanding work requests per queue pair. A watermark is a SEND on each queue pair
+// after its writes: RC ordering makes it arrive after them (design rule 2).
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "transfer/rdma/verbs/verbs.h"
+#include "transfer/region.h"
+#include "transfer/thread_annotations.h"
+#include "transfer/transport.h"
+
+namespace rdmig {
+
+struct RemoteRegion {
+  uint32_t id = 0;
+  uint64_t addr = 0;
+  uint32_t rkey = 0;
+  uint64_t length = 0;
+};
+
+inline constexpr uint32_t kRdmaSendDepth = 256;   // work requests per queue pair
+inline constexpr uint32_t kRdmaSignalEvery = 32;  // an unsignaled run is at most this long
+inline constexpr uint32_t kRdmaRecvDepth = 64;    // watermark receives kept posted per lane
+inline constexpr uint32_t kRdmaMaxSge = 16;       // pages coalesced into one write
+static_assert(kRdmaSignalEvery < kRdmaSendDepth, "a signaled request must fit the queue");
+static_assert(kRdmaSendDepth / kRdmaSignalEvery <= 64, "signal records fit their ring");
+
+// Destination. Thread-safety: thread-safe (a poller thread reads completions and cm events).
+class RdmaReceiver final : public Receiver {
+ public:
+  // Binds to the RDMA device that owns `ip` and registers every region of `regions` (which must
+  // outlive this) for remote write. Then hand remote_regions() and port() to the source and call
+  // AcceptLanes.
+  static Result<std::unique_ptr<RdmaReceiver>> Listen(const std::string& ip,
+                                                      const RegionRegistry* regions);
+  ~RdmaReceiver() override;
+
+  uint16_t port() const { return port_; }
+  std::vector<RemoteRegion> remote_regions() const;
+  // Accepts `lanes` connections whose private data carries `session_id`, then starts landing.
+  Status AcceptLanes(uint32_t lanes, uint64_t session_id, std::chrono::milliseconds timeout);
+
+  const Capabilities& capabilities() const override { return caps_; }
+  Status WaitWatermark(uint64_t mark, std::chrono::milliseconds timeout) override;
+  Status WaitFinished(std::chrono::milliseconds timeout) override;
+  uint64_t LandedWatermark() const override;
+  LaneCounters Counters(uint32_t lane) const override;
+  void Abort() override;
+
+ private:
+  RdmaReceiver() = default;
+  void Poll();
+  Status HandleCompletions();
+  Status Repost(uint32_t lane, uint32_t slot);
+  void Fail(Status s);
+  uint64_t MinWatermarkLocked() const REQUIRES(mu_);
+
+  Capabilities caps_;
+  const RegionRegistry* regions_ = nullptr;
+  uint16_t port_ = 0;
+  uint32_t lane_count_ = 0;
+  // Parent-first: destroyed in reverse, so QPs (in the cm ids) go before CQ, MRs, PD, channel.
+  verbs::EventChannel channel_;
+  verbs::CmId listen_id_;
+  verbs::ProtectionDomain pd_;
+  verbs::CompletionChannel comp_channel_;
+  verbs::CompletionQueue recv_cq_;
+  verbs::CompletionQueue send_cq_;
+  std::vector<verbs::MemoryRegion> region_mrs_;
+  std::vector<uint64_t> recv_slots_;  // kRdmaRecvDepth 8-byte receive buffers per lane
+  verbs::MemoryRegion recv_mr_;
+  std::vector<verbs::CmId> lanes_;
+  std::vector<uint32_t> qp_lane_;  // qp_num -> lane, small linear table
+  std::vector<uint32_t> qp_nums_;
+
+  std::thread poller_;
+  std::atomic<bool> stop_{false};
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<uint64_t> watermarks_ GUARDED_BY(mu_);
+  std::vector<bool> ended_ GUARDED_BY(mu_);
+  uint32_t ended_count_ GUARDED_BY(mu_) = 0;
+  Status error_ GUARDED_BY(mu_);
+};
+
+// Source. Thread-safety: not thread-safe; one thread drives it.
+class RdmaTransport final : public Transport {
+ public:
+  static Result<std::unique_ptr<RdmaTransport>> Connect(const std::string& ip, uint16_t port,
+                                                        uint64_t session_id, uint32_t lanes,
+                                                        std::vector<RemoteRegion> remote,
+                                                        std::chrono::milliseconds timeout);
+  ~RdmaTransport() override;
+
+  const Capabilities& capabilities() const override { return caps_; }
+  Status RegisterSource(std::span<const std::byte> memory) override;
+  Status Post(std::span<const PageWrite> batch, uint64_t tag) override;
+  Status PostWatermark(uint64_t mark) override;
+  Result<uint64_t> WaitCompleted(uint64_t tag, std::chrono::milliseconds timeout) override;
+  Status Finish() override;
+
+ private:
+  struct Signal {      // a signaled request: everything before it on the lane completes with it
+    uint64_t seq = 0;  // lane sequence number of the request
+    uint64_t tag = 0;  // the batch whose last request on this lane it is, 0 if none
+  };
+  struct Lane {
+    uint32_t index = 0;
+    ibv_qp* qp = nullptr;
+    ibv_cq* cq = nullptr;
+    uint64_t posted = 0;     // requests posted
+    uint64_t completed = 0;  // requests known complete
+    uint64_t since_signal = 0;
+    std::array<Signal, 64> signals;  // ring of outstanding signaled requests
+    uint32_t sig_head = 0, sig_count = 0;
+    uint64_t completed_tag = 0;
+    uint64_t last_tag = 0;  // the newest batch that put a request on this lane
+    // The write under construction.
+    std::array<ibv_sge, kRdmaMaxSge> sge;
+    uint32_t nsge = 0;
+    uint64_t remote_addr = 0;  // of the first byte
+    uint64_t remote_end = 0;
+    uint32_t rkey = 0;
+  };
+  struct Source {
+    const std::byte* begin;
+    const std::byte* end;
+    uint32_t lkey;
+  };
+
+  RdmaTransport() = default;
+  Status FlushWrite(Lane& lane, uint64_t tag, bool last_of_batch);
+  Status PostOne(Lane& lane, ibv_send_wr& wr, uint64_t tag, bool last_of_batch);
+  Status Reap(Lane& lane, std::chrono::milliseconds timeout);
+  Status Fail(Status s);
+
+  Capabilities caps_;
+  std::vector<RemoteRegion> remote_;  // indexed by region id
+  uint64_t last_tag_ = 0;
+  uint64_t last_mark_ = 0;
+  bool finished_ = false;
+  Status broken_;
+  // Parent-first.
+  verbs::EventChannel channel_;
+  verbs::ProtectionDomain pd_;
+  verbs::CompletionChannel comp_channel_;
+  std::vector<verbs::CompletionQueue> cqs_;
+  std::vector<verbs::MemoryRegion> source_mrs_;
+  std::vector<Source> sources_;
+  std::vector<std::byte> zero_page_;  // before its MR: deregistered first
+  verbs::MemoryRegion zero_mr_;
+  std::array<uint64_t, 2> control_buf_{};  // watermark / end payload (sent inline)
+  std::vector<verbs::CmId> ids_;
+  std::unique_ptr<Lane[]> lanes_;
+  uint32_t lane_count_ = 0;
+};
+
+}  // namespace rdmig
