@@ -122,8 +122,11 @@ Result<DestinationStreamReport> RunDestinationStream(session::DestinationListene
   session::DestinationOptions dopts;
   dopts.timeout = options.timeout;
   dopts.mode = report.mode;
+  dopts.transports = options.transports;
+  dopts.rdma_ip = options.rdma_ip;
   RDMIG_ASSIGN_OR_RETURN(std::unique_ptr<session::DestinationSession> d,
                          listener.Accept(prepare, dopts));
+  report.transport = d->receiver().capabilities().name;
   RDMIG_ASSIGN_OR_RETURN(Fd qemu, options.connect_qemu());
   bool ended = false;
   std::vector<iovec> iov;

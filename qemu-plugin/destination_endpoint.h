@@ -45,11 +45,14 @@ struct DestinationStreamOptions {
   enum class Mode { kDirect, kStaged } mode = Mode::kStaged;
   std::map<std::string, MappedFile>* ram_files = nullptr;  // direct: block name -> its RAM file
   std::chrono::milliseconds timeout{30000};
+  std::vector<session::TransportKind> transports = {session::TransportKind::kTcp};
+  std::string rdma_ip;  // the RDMA device's address, when RDMA may be offered
   // Opens the connection to the destination QEMU; called once the source is accepted.
   std::function<Result<Fd>()> connect_qemu;
 };
 
 struct DestinationStreamReport {
+  std::string transport;
   std::string mode;
   std::string layout;       // "mem0 536862720 (direct), pc.bios 262144 (stream), ..."
   uint64_t qemu_bytes = 0;  // written to the destination QEMU

@@ -59,6 +59,7 @@ Result<SendReport> SendRegion(session::SourceSession& session, uint32_t region,
   }
   if (options.passes == 0) return Error(Code::kInvalidArgument, "passes must be at least 1");
   Transport& tx = session.transport();
+  RDMIG_RETURN_IF_ERROR(tx.RegisterSource(memory));
   std::vector<PageWrite> batch(options.batch_pages);
   const uint64_t total = memory.size();
   const uint64_t grand_total = total * options.passes;

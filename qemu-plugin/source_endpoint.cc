@@ -89,10 +89,13 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
   sopts.lanes = options.lanes;
   sopts.timeout = options.timeout;
   sopts.name = "rdmig send";
+  sopts.transports = options.transports;
   RDMIG_ASSIGN_OR_RETURN(std::unique_ptr<session::SourceSession> s,
                          session::SourceSession::Connect(options.destination, layout, sopts));
   Transport& tx = s->transport();
+  RDMIG_RETURN_IF_ERROR(tx.RegisterSource(buf));
   report.transport = tx.capabilities().name;
+  report.transport_note = s->transport_note();
   report.lanes = tx.capabilities().lanes;
   report.mode = s->mode();
   const bool staged = s->mode() == "staged";

@@ -20,6 +20,7 @@ namespace rdmig::endpoint {
 struct SourceStreamOptions {
   HostPort destination;  // the destination endpoint's control address
   uint32_t lanes = 4;
+  std::vector<session::TransportKind> transports = {session::TransportKind::kTcp};
   size_t buffer_bytes = 4u << 20;  // stream bytes parsed at a time (pages are sent from here)
   std::chrono::milliseconds timeout{30000};
   // Called about every 500 ms with the stream bytes read so far.
@@ -28,6 +29,7 @@ struct SourceStreamOptions {
 
 struct SourceStreamReport {
   std::string transport;
+  std::string transport_note;  // why this transport (e.g. why not RDMA)
   std::string mode;
   uint32_t lanes = 0;
   uint64_t stream_bytes = 0;   // read from QEMU

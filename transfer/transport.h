@@ -19,9 +19,9 @@ struct PageWrite {
   // Source memory; the caller keeps it valid and unchanged until completion. nullptr: fill the
   // destination range with zeros (a zero page costs a descriptor, not a payload).
   const std::byte* data;
-  uint64_t offset;        // byte offset inside the destination region
-  uint32_t length;        // bytes, 1..kMaxRunBytes
-  uint32_t region;        // region id of the negotiated layout
+  uint64_t offset;  // byte offset inside the destination region
+  uint32_t length;  // bytes, 1..kMaxRunBytes
+  uint32_t region;  // region id of the negotiated layout
 };
 
 inline constexpr uint32_t kMaxRunBytes = 1u << 20;

@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   auto run_send = rdmig::cli::AddSendCommand(app);
   auto run_receive = rdmig::cli::AddReceiveCommand(app);
   auto run_migrate = rdmig::cli::AddMigrateCommand(app);
+  auto run_probe = rdmig::cli::AddProbeCommand(app);
 
   try {
     app.parse(argc, argv);
@@ -35,5 +36,6 @@ int main(int argc, char** argv) {
   if (app.got_subcommand("send")) return run_send();
   if (app.got_subcommand("receive")) return run_receive();
   if (app.got_subcommand("migrate")) return run_migrate();
+  if (app.got_subcommand("probe")) return run_probe();
   return 2;
 }

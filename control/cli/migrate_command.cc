@@ -15,6 +15,7 @@
 
 #include "control/cli/commands.h"
 #include "control/cli/size.h"
+#include "control/cli/transport_choice.h"
 #include "control/qmp/qmp_client.h"
 #include "qemu-plugin/source_endpoint.h"
 
@@ -33,6 +34,7 @@ struct MigrateArgs {
   std::string native;         // instead of rdmig: migrate QEMU straight to this URI (baseline)
   std::string dest_incoming;  // if set: `migrate-incoming` the destination QEMU at this URI first
   uint32_t lanes = 4;
+  std::string transport = "auto";
   std::string blackout_budget = "500ms";
   std::string max_bandwidth = "100G";
   double timeout_s = 600;
@@ -148,6 +150,9 @@ int RunMigrate(const MigrateArgs& a) {
     endpoint::SourceStreamOptions opts;
     opts.destination = *to;
     opts.lanes = a.lanes;
+    auto transports = ChooseTransports(a.transport);
+    if (!transports.ok()) return Fail(a, "--transport", transports.status());
+    opts.transports = *transports;
     endpoint = std::make_unique<SourceEndpointThread>(std::move(listener).value(), opts);
     uri = "unix:" + sock;
   }
@@ -235,6 +240,7 @@ int RunMigrate(const MigrateArgs& a) {
   report["transport"] = stream ? stream->transport : "qemu-native";
   report["mode"] = stream ? stream->mode : "native";
   report["lanes"] = stream ? stream->lanes : 0;
+  report["transport_note"] = stream ? stream->transport_note : "";
   report["blackout_budget_ms"] = *budget_ms;
   const json& ram = info.contains("ram") ? info["ram"] : json::object();
   report["qemu_downtime_ms"] = info.value("downtime", 0);
@@ -282,6 +288,9 @@ int RunMigrate(const MigrateArgs& a) {
               FormatBytes(report["bytes"].get<double>()).c_str(),
               static_cast<long long>(report["pages"].get<int64_t>()),
               static_cast<long long>(report["passes"].get<int64_t>()));
+  if (stream && !stream->transport_note.empty()) {
+    std::printf("  transport: %s\n", stream->transport_note.c_str());
+  }
   if (stream && !stream->passthrough.empty()) {
     std::printf("  pass-through: %s\n", stream->passthrough.c_str());
   }
@@ -303,6 +312,7 @@ std::function<int()> AddMigrateCommand(CLI::App& app) {
       "--dest-incoming", a->dest_incoming,
       "first run `migrate-incoming URI` on the destination QEMU (started -incoming defer)");
   cmd->add_option("--lanes", a->lanes, "lanes")->check(CLI::Range(1, 16))->capture_default_str();
+  cmd->add_option("--transport", a->transport, "auto, rdma or tcp")->capture_default_str();
   cmd->add_option("--blackout-budget", a->blackout_budget,
                   "the longest acceptable blackout; sets QEMU's downtime-limit")
       ->capture_default_str();

@@ -10,6 +10,7 @@
 
 #include "control/cli/commands.h"
 #include "control/cli/size.h"
+#include "control/cli/transport_choice.h"
 #include "qemu-plugin/destination_endpoint.h"
 #include "qemu-plugin/source_endpoint.h"
 
@@ -50,6 +51,7 @@ void WriteJson(const std::string& path, const nlohmann::json& j) {
 }
 
 struct SendArgs {
+  std::string transport = "auto";
   std::string to;
   std::string from = "-";
   uint32_t lanes = 4;
@@ -88,6 +90,12 @@ int RunSend(const SendArgs& a) {
   endpoint::SourceStreamOptions opts;
   opts.destination = *dest;
   opts.lanes = a.lanes;
+  auto transports = ChooseTransports(a.transport);
+  if (!transports.ok()) {
+    spdlog::error("{}", transports.status().message());
+    return 2;
+  }
+  opts.transports = *transports;
   auto r = endpoint::RunSourceStream(qemu.get(), opts);
   qemu.reset();  // on failure this fails the source migration; the guest keeps running
   if (!r.ok()) {
@@ -104,8 +112,10 @@ int RunSend(const SendArgs& a) {
   std::printf("  control  %s in %lu chunks\n", FormatBytes(double(r->control_bytes)).c_str(),
               static_cast<unsigned long>(r->chunks));
   if (!r->passthrough.empty()) std::printf("  pass-through: %s\n", r->passthrough.c_str());
+  if (!r->transport_note.empty()) std::printf("  transport: %s\n", r->transport_note.c_str());
   WriteJson(a.json, {{"outcome", "completed"},
                      {"transport", r->transport},
+                     {"transport_note", r->transport_note},
                      {"mode", r->mode},
                      {"lanes", r->lanes},
                      {"stream_bytes", r->stream_bytes},
@@ -119,6 +129,7 @@ int RunSend(const SendArgs& a) {
 }
 
 struct ReceiveArgs {
+  std::string transport = "auto";
   std::string listen = "127.0.0.1:7471";
   std::string to_qemu;
   std::string mode = "staged";
@@ -161,6 +172,13 @@ int RunReceive(const ReceiveArgs& a) {
     return 2;
   }
   opts.timeout = std::chrono::milliseconds(static_cast<int64_t>(a.timeout_s * 1000));
+  auto transports = ChooseTransports(a.transport);
+  if (!transports.ok()) {
+    spdlog::error("{}", transports.status().message());
+    return 2;
+  }
+  opts.transports = *transports;
+  if (opts.transports.front() == session::TransportKind::kRdma) opts.rdma_ip = addr->host;
   const QemuEndpoint qemu = *to;
   // exec: mode: the stream owns stdout. Keep it aside and point fd 1 at stderr, so that nothing
   // else can ever write into QEMU's stream (and fd 1 is never reused for a socket).
@@ -190,12 +208,16 @@ int RunReceive(const ReceiveArgs& a) {
     WriteJson(a.json, {{"outcome", "failed"}, {"error", r.status().ToString()}});
     return 1;
   }
-  std::fprintf(out, "rdmig receive: %s written to QEMU, %lu pages landed (%s), %s mode\n",
-               FormatBytes(double(r->qemu_bytes)).c_str(), static_cast<unsigned long>(r->pages),
-               FormatBytes(double(r->lane_bytes)).c_str(), r->mode.c_str());
+  std::fprintf(out, "rdmig receive: %s written to QEMU over %s, %s mode\n",
+               FormatBytes(double(r->qemu_bytes)).c_str(), r->transport.c_str(), r->mode.c_str());
+  if (r->transport == "tcp") {
+    std::fprintf(out, "  lanes    %lu pages landed (%s)\n", static_cast<unsigned long>(r->pages),
+                 FormatBytes(double(r->lane_bytes)).c_str());
+  }
   std::fprintf(out, "  layout   %s\n", r->layout.c_str());
   if (!r->passthrough.empty()) std::fprintf(out, "  pass-through: %s\n", r->passthrough.c_str());
   WriteJson(a.json, {{"outcome", "completed"},
+                     {"transport", r->transport},
                      {"mode", r->mode},
                      {"layout", r->layout},
                      {"qemu_bytes", r->qemu_bytes},
@@ -214,6 +236,10 @@ std::function<int()> AddSendCommand(CLI::App& app) {
       "source endpoint: take QEMU's outgoing migration stream and carry it to `rdmig receive`");
   cmd->add_option("--to", a->to, "the destination endpoint's control address HOST:PORT")
       ->required();
+  cmd->add_option("--transport", a->transport,
+                  "auto (RDMA when there is a device, else TCP; falls back to TCP within 2 s), "
+                  "rdma or tcp")
+      ->capture_default_str();
   cmd->add_option("--from", a->from,
                   "where QEMU's stream comes from: unix:PATH or tcp:HOST:PORT (rdmig listens; "
                   "`migrate` QEMU there), or - for stdin (`migrate exec:rdmig send ...`)")
@@ -231,7 +257,11 @@ std::function<int()> AddReceiveCommand(CLI::App& app) {
   auto a = std::make_shared<ReceiveArgs>();
   CLI::App* cmd = app.add_subcommand(
       "receive", "destination endpoint: land the pages and feed the destination QEMU its stream");
-  cmd->add_option("--listen", a->listen, "control address HOST:PORT for `rdmig send` (port 0: any)")
+  cmd->add_option("--listen", a->listen,
+                  "control address HOST:PORT for `rdmig send` (port 0: any); with RDMA, HOST must "
+                  "be the RDMA device's IP")
+      ->capture_default_str();
+  cmd->add_option("--transport", a->transport, "auto, rdma or tcp (what this destination accepts)")
       ->capture_default_str();
   cmd->add_option("--to-qemu", a->to_qemu,
                   "the destination QEMU's incoming socket: unix:PATH or tcp:HOST:PORT (QEMU "

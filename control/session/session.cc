@@ -5,6 +5,7 @@
 #include <random>
 
 #include "control/proto/session.pb.h"
+#include "transfer/rdma/rdma_transport.h"
 #include "transfer/tcp/tcp_lanes.h"
 #include "transfer/tcp/tcp_transport.h"
 
@@ -76,12 +77,42 @@ Result<std::unique_ptr<SourceSession>> SourceSession::Connect(const HostPort& co
   s->session_id_ = acc.session_id();
   s->registered_.assign(acc.regions().begin(), acc.regions().end());
   s->mode_ = acc.mode();
-  if (acc.transport() != pb::TRANSPORT_TCP) {
+  s->note_ = acc.note();
+  const pb::Accept* chosen = &acc;
+  pb::DestinationMessage second;  // the destination's fallback Accept, when it sends one
+  if (acc.transport() == pb::TRANSPORT_RDMA) {
+    std::vector<RemoteRegion> remote;
+    for (const pb::RdmaRegion& r : acc.rdma().regions()) {
+      remote.push_back(RemoteRegion{r.id(), r.addr(), r.rkey(), r.length()});
+    }
+    const std::string host = acc.rdma().host().empty() ? control.host : acc.rdma().host();
+    Result<std::unique_ptr<RdmaTransport>> rdma =
+        RdmaTransport::Connect(host, static_cast<uint16_t>(acc.rdma().port()), s->session_id_,
+                               options.lanes, std::move(remote), kRdmaConnectTimeout);
+    if (!rdma.ok()) {
+      pb::SourceMessage failed;
+      failed.mutable_rdma_failed()->set_reason(rdma.status().ToString());
+      RDMIG_RETURN_IF_ERROR(s->control_.Send(failed));
+      s->note_ = "rdma failed at the source: " + rdma.status().ToString();
+    }
+    RDMIG_RETURN_IF_ERROR(
+        s->control_.Receive(&second, options.timeout).Annotate("waiting for the RDMA lanes"));
+    if (second.has_ready() && rdma.ok()) {
+      s->kind_ = TransportKind::kRdma;
+      s->transport_ = std::move(rdma).value();
+      return s;
+    }
+    if (!second.has_accept() || second.accept().transport() != pb::TRANSPORT_TCP) {
+      return Error(Code::kProtocol, "destination answered neither Ready nor a TCP fallback");
+    }
+    chosen = &second.accept();
+    if (!chosen->note().empty()) s->note_ = chosen->note();
+  } else if (acc.transport() != pb::TRANSPORT_TCP) {
     return Error(Code::kUnavailable, "destination chose a transport this source cannot run");
   }
   s->kind_ = TransportKind::kTcp;
-  HostPort data{acc.tcp().host().empty() ? control.host : acc.tcp().host(),
-                static_cast<uint16_t>(acc.tcp().port())};
+  HostPort data{chosen->tcp().host().empty() ? control.host : chosen->tcp().host(),
+                static_cast<uint16_t>(chosen->tcp().port())};
   RDMIG_ASSIGN_OR_RETURN(std::vector<Fd> lanes,
                          ConnectTcpLanes(data, s->session_id_, options.lanes, options.timeout));
   RDMIG_ASSIGN_OR_RETURN(s->transport_, TcpTransport::Create(std::move(lanes)));
@@ -156,15 +187,24 @@ Result<std::unique_ptr<DestinationSession>> DestinationListener::Accept(
   }
   if (Status lanes = CheckLaneCount(hello.lanes(), options.max_lanes); !lanes.ok())
     return refuse(lanes);
-  bool tcp_offered = false;
-  for (int t : hello.transports()) tcp_offered |= (t == pb::TRANSPORT_TCP);
-  bool tcp_allowed = false;
-  for (TransportKind k : options.transports) tcp_allowed |= (k == TransportKind::kTcp);
-  if (!tcp_offered || !tcp_allowed) {
-    return refuse(Error(Code::kUnavailable, "no transport in common"));
+  bool tcp_offered = false, rdma_offered = false;
+  for (int t : hello.transports()) {
+    tcp_offered |= (t == pb::TRANSPORT_TCP);
+    rdma_offered |= (t == pb::TRANSPORT_RDMA);
   }
-  if (hello.regions_size() == 0)
-    return refuse(Error(Code::kInvalidArgument, "empty region layout"));
+  bool tcp_allowed = false, rdma_allowed = false;
+  for (TransportKind k : options.transports) {
+    tcp_allowed |= (k == TransportKind::kTcp);
+    rdma_allowed |= (k == TransportKind::kRdma);
+  }
+  const bool tcp = tcp_offered && tcp_allowed;
+  const bool rdma = rdma_offered && rdma_allowed && !options.rdma_ip.empty();
+  if (!tcp && !rdma) {
+    std::string why = "no transport in common";
+    if (rdma_offered && !tcp_offered)
+      why += " (the source asks for RDMA; this destination has no RDMA address)";
+    return refuse(Error(Code::kUnavailable, why));
+  }
   std::vector<RegionSpec> offered;
   for (const pb::RegionLayout& r : hello.regions())
     offered.push_back({r.id(), r.name(), r.length()});
@@ -173,24 +213,57 @@ Result<std::unique_ptr<DestinationSession>> DestinationListener::Accept(
   if (Status prepared = prepare(offered, d->regions_.get()); !prepared.ok()) {
     return refuse(prepared);
   }
-
-  RDMIG_ASSIGN_OR_RETURN(
-      Fd data_listener,
-      ListenTcp(HostPort{options.data_host.empty() ? host_ : options.data_host, 0}));
-  RDMIG_ASSIGN_OR_RETURN(uint16_t data_port, LocalPort(data_listener.get()));
   d->session_id_ = NewSessionId();
-  d->kind_ = TransportKind::kTcp;
 
   pb::DestinationMessage reply;
   pb::Accept* acc = reply.mutable_accept();
   acc->set_protocol_version(kProtocolVersion);
-  acc->set_transport(pb::TRANSPORT_TCP);
   acc->set_lanes(hello.lanes());
   acc->set_session_id(d->session_id_);
-  acc->mutable_tcp()->set_host(options.data_host);
-  acc->mutable_tcp()->set_port(data_port);
   acc->set_mode(options.mode);
   for (const Region& r : d->regions_->regions()) acc->add_regions(r.id);
+
+  std::string note;
+  if (rdma) {
+    Result<std::unique_ptr<RdmaReceiver>> rx =
+        RdmaReceiver::Listen(options.rdma_ip, d->regions_.get());
+    if (rx.ok()) {
+      acc->set_transport(pb::TRANSPORT_RDMA);
+      acc->mutable_rdma()->set_host(options.rdma_ip);
+      acc->mutable_rdma()->set_port((*rx)->port());
+      for (const RemoteRegion& r : (*rx)->remote_regions()) {
+        pb::RdmaRegion* out = acc->mutable_rdma()->add_regions();
+        out->set_id(r.id);
+        out->set_addr(r.addr);
+        out->set_rkey(r.rkey);
+        out->set_length(r.length);
+      }
+      RDMIG_RETURN_IF_ERROR(d->control_.Send(reply));
+      Status lanes = (*rx)->AcceptLanes(hello.lanes(), d->session_id_, kRdmaConnectTimeout);
+      if (lanes.ok()) {
+        pb::DestinationMessage ready;
+        ready.mutable_ready();
+        RDMIG_RETURN_IF_ERROR(d->control_.Send(ready));
+        d->kind_ = TransportKind::kRdma;
+        d->receiver_ = std::move(rx).value();
+        return d;
+      }
+      note = "rdma lanes did not connect: " + lanes.ToString();
+    } else {
+      note = "rdma unavailable at the destination: " + rx.status().ToString();
+    }
+    if (!tcp) return refuse(Error(Code::kUnavailable, note));
+    acc->clear_rdma();
+  }
+  RDMIG_ASSIGN_OR_RETURN(
+      Fd data_listener,
+      ListenTcp(HostPort{options.data_host.empty() ? host_ : options.data_host, 0}));
+  RDMIG_ASSIGN_OR_RETURN(uint16_t data_port, LocalPort(data_listener.get()));
+  d->kind_ = TransportKind::kTcp;
+  acc->set_transport(pb::TRANSPORT_TCP);
+  acc->mutable_tcp()->set_host(options.data_host);
+  acc->mutable_tcp()->set_port(data_port);
+  acc->set_note(note.empty() ? "" : "tcp, because " + note);
   RDMIG_RETURN_IF_ERROR(d->control_.Send(reply));
 
   RDMIG_ASSIGN_OR_RETURN(std::vector<Fd> lanes, AcceptTcpLanes(data_listener.get(), d->session_id_,
@@ -251,6 +324,8 @@ Result<LandedReport> DestinationSession::Serve(std::chrono::milliseconds timeout
         }
       }
       RDMIG_RETURN_IF_ERROR(control_.Send(reply));
+    } else if (msg.has_rdma_failed()) {
+      continue;  // the source's side of an RDMA attempt that already fell back to TCP
     } else if (other) {
       if (Status h = other(msg); !h.ok()) {
         receiver_->Abort();

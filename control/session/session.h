@@ -21,6 +21,8 @@
 namespace rdmig::session {
 
 inline constexpr uint32_t kProtocolVersion = 1;
+// How long an RDMA connection may take before the session falls back to TCP.
+inline constexpr std::chrono::milliseconds kRdmaConnectTimeout{1500};
 
 enum class TransportKind { kTcp, kRdma };
 const char* TransportName(TransportKind kind);
@@ -57,6 +59,8 @@ class SourceSession {
   // The region ids the destination registered (only these may travel on lanes) and its mode.
   const std::vector<uint32_t>& registered_regions() const { return registered_; }
   const std::string& mode() const { return mode_; }
+  // Why this transport runs (e.g. why RDMA was not used); empty when it is simply the first choice.
+  const std::string& transport_note() const { return note_; }
 
   // Posts `final_mark` after everything sent, tells the destination, and waits until it confirms
   // that every page landed.
@@ -75,6 +79,7 @@ class SourceSession {
   TransportKind kind_ = TransportKind::kTcp;
   std::vector<uint32_t> registered_;
   std::string mode_;
+  std::string note_;
 };
 
 struct DestinationOptions {
@@ -83,6 +88,7 @@ struct DestinationOptions {
   std::chrono::milliseconds timeout{10000};
   std::string data_host = "";   // where the lanes listen; empty = the control listener's address
   std::string mode = "memory";  // told to the source in Accept
+  std::string rdma_ip;          // the destination RDMA device's IP; empty: no RDMA here
 };
 
 // Called with the source's offered layout; fills `regions` with memory to land in, or refuses
