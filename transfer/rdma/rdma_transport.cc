@@ -367,7 +367,24 @@ Status RdmaTransport::Reap(Lane& lane, std::chrono::milliseconds timeout) {
       return Fail(Error(Code::kTimeout, LaneName(lane.index) + ": no completion within " +
                                             std::to_string(timeout.count()) + " ms"));
     }
-    RDMIG_RETURN_IF_ERROR(verbs::WaitCompletionEvent(comp_channel_.get(), left).status());
+    // Wait for a completion, or for the destination to go away (a disconnect arrives long before
+    // the queue pair's retries run out).
+    pollfd fds[2] = {{comp_channel_->fd, POLLIN, 0}, {channel_->fd, POLLIN, 0}};
+    if (::poll(fds, 2, static_cast<int>(left.count())) < 0 && errno != EINTR) {
+      return Fail(Status::FromErrno("poll", errno));
+    }
+    if (fds[1].revents & POLLIN) {
+      Result<verbs::CmEvent> ev = verbs::NextEvent(channel_.get(), std::chrono::milliseconds(0));
+      if (ev.ok() &&
+          (ev->type == RDMA_CM_EVENT_DISCONNECTED || ev->type == RDMA_CM_EVENT_DEVICE_REMOVAL)) {
+        return Fail(Error(Code::kPeerClosed, LaneName(lane.index) + ": the destination " +
+                                                 std::string(rdma_event_str(ev->type))));
+      }
+    }
+    if (fds[0].revents & POLLIN) {
+      RDMIG_RETURN_IF_ERROR(
+          verbs::WaitCompletionEvent(comp_channel_.get(), std::chrono::milliseconds(0)).status());
+    }
   }
 }
 
