@@ -5,7 +5,7 @@ JOBS       ?= $(shell nproc)
 CTEST_ARGS ?=
 RUNS       ?= 5
 
-.PHONY: all deps configure build test demo demo-pages bench bench-migration format clean
+.PHONY: all deps configure build test demo demo-pages bench bench-rdma bench-migration format clean
 
 all: build
 
@@ -31,6 +31,9 @@ demo-pages: build
 
 bench: build
 	scripts/bench-pages $(BUILD)
+
+bench-rdma: build
+	scripts/bench-rdma $(BUILD)
 
 bench-migration: build
 	scripts/bench-migration $(BUILD)/control/cli/rdmig $(BUILD)/guest $(BUILD)/bench/migration.json $(RUNS)

@@ -69,11 +69,16 @@ Result<SendReport> SendRegion(session::SourceSession& session, uint32_t region,
   auto next_progress = t0 + options.progress_every;
   for (uint32_t pass = 0; pass < options.passes; ++pass) {
     const auto pass_start = Clock::now();
-    for (uint64_t off = 0; off < total;) {
+    const uint64_t npages = total / page;
+    for (uint64_t i = 0; i < npages;) {
       size_t n = 0;
-      for (; n < batch.size() && off < total; ++n, off += page) {
-        batch[n] = PageWrite{memory.data() + off, off, page, region};
+      for (; n < batch.size() && i < npages; ++n, ++i) {
+        // Scattered: pages 0, 2, 4, ... then 1, 3, 5, ...
+        const uint64_t p =
+            !options.scatter ? i : (i < (npages + 1) / 2 ? 2 * i : 2 * (i - (npages + 1) / 2) + 1);
+        batch[n] = PageWrite{memory.data() + p * page, p * page, page, region};
       }
+      const uint64_t off = i * page;
       RDMIG_RETURN_IF_ERROR(tx.Post(std::span(batch.data(), n), ++tag));
       if (options.progress && Clock::now() >= next_progress) {
         options.progress(pass * total + off, grand_total);
@@ -89,6 +94,7 @@ Result<SendReport> SendRegion(session::SourceSession& session, uint32_t region,
   report.pass_seconds.back() += Since(landing_start);
   report.seconds = Since(t0);
   report.transport = tx.capabilities().name;
+  report.transport_note = session.transport_note();
   report.lanes = tx.capabilities().lanes;
   report.pages = grand_total / page;
   report.bytes = grand_total;
@@ -137,10 +143,13 @@ Result<ServeReport> ServeOnce(session::DestinationListener& listener, const Serv
   };
   session::DestinationOptions dopts;
   dopts.timeout = options.timeout;
+  dopts.transports = options.transports;
+  dopts.rdma_ip = options.rdma_ip;
   RDMIG_ASSIGN_OR_RETURN(auto dest, listener.Accept(prepare, dopts));
   const auto t0 = Clock::now();
+  const std::string transport = dest->receiver().capabilities().name;
   RDMIG_ASSIGN_OR_RETURN(session::LandedReport landed, dest->Serve(options.timeout));
-  return ServeReport{layout, landed, Since(t0)};
+  return ServeReport{transport, layout, landed, Since(t0)};
 }
 
 }  // namespace rdmig::endpoint

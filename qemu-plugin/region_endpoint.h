@@ -18,6 +18,8 @@ struct SendOptions {
   uint32_t batch_pages = 64;
   uint32_t page_size = 4096;
   uint32_t passes = 1;  // send the whole region this many times, as pre-copy passes do
+  // Send even pages, then odd ones: no two pages of a batch are adjacent, so nothing coalesces.
+  bool scatter = false;
   bool verify = false;  // fetch the destination's page digests and compare every page
   std::chrono::milliseconds timeout{60000};
   // Called about every `progress_every` with bytes sent so far.
@@ -27,6 +29,7 @@ struct SendOptions {
 
 struct SendReport {
   std::string transport;
+  std::string transport_note;
   uint32_t lanes = 0;
   uint64_t pages = 0;  // over all passes
   uint64_t bytes = 0;  // over all passes
@@ -45,10 +48,13 @@ Result<SendReport> SendRegion(session::SourceSession& session, uint32_t region,
 
 struct ServeOptions {
   uint64_t max_bytes = 8ull << 30;  // refuse layouts larger than this
+  std::vector<session::TransportKind> transports = {session::TransportKind::kTcp};
+  std::string rdma_ip;  // when RDMA may be offered: the device's address
   std::chrono::milliseconds timeout{60000};
 };
 
 struct ServeReport {
+  std::string transport;
   std::string source_layout;  // "ram: 1073741824 bytes"
   session::LandedReport landed;
   double seconds = 0;

@@ -8,6 +8,7 @@
 
 #include "control/cli/commands.h"
 #include "control/cli/size.h"
+#include "control/cli/transport_choice.h"
 #include "qemu-plugin/region_endpoint.h"
 #include "transfer/testing/loopback.h"
 
@@ -16,6 +17,8 @@ namespace rdmig::cli {
 namespace {
 
 struct BenchArgs {
+  std::string transport = "auto";
+  bool scatter = false;
   bool server = false;
   std::string listen = "127.0.0.1:7470";
   bool once = false;
@@ -46,12 +49,19 @@ int RunServer(const BenchArgs& a) {
   std::fflush(stdout);
   endpoint::ServeOptions opts;
   opts.max_bytes = *max;
+  auto transports = ChooseTransports(a.transport);
+  if (!transports.ok()) {
+    spdlog::error("{}", transports.status().message());
+    return 2;
+  }
+  opts.transports = *transports;
+  if (opts.transports.front() == session::TransportKind::kRdma) opts.rdma_ip = addr->host;
   opts.timeout = std::chrono::hours(24);  // a server waits for clients as long as it runs
   for (;;) {
     auto r = endpoint::ServeOnce(*listener, opts);
     if (r.ok()) {
-      std::printf("served: %s; landed %lu pages, %s in %.2f s\n", r->source_layout.c_str(),
-                  static_cast<unsigned long>(r->landed.pages),
+      std::printf("served over %s: %s; landed %lu pages, %s in %.2f s\n", r->transport.c_str(),
+                  r->source_layout.c_str(), static_cast<unsigned long>(r->landed.pages),
                   FormatBytes(static_cast<double>(r->landed.bytes)).c_str(), r->seconds);
     } else {
       std::printf("session failed: %s\n", r.status().ToString().c_str());
@@ -81,6 +91,12 @@ int RunClient(const BenchArgs& a) {
   }
   session::SourceOptions sopts;
   sopts.lanes = a.lanes;
+  auto transports = ChooseTransports(a.transport);
+  if (!transports.ok()) {
+    spdlog::error("{}", transports.status().message());
+    return 2;
+  }
+  sopts.transports = *transports;
   char host[256] = "";
   gethostname(host, sizeof(host) - 1);
   sopts.name = std::string(host) + "/" + std::to_string(getpid());
@@ -92,6 +108,7 @@ int RunClient(const BenchArgs& a) {
   endpoint::SendOptions opts;
   opts.batch_pages = a.batch;
   opts.passes = a.passes;
+  opts.scatter = a.scatter;
   opts.verify = a.verify;
   if (isatty(STDERR_FILENO)) {
     opts.progress = [](uint64_t sent, uint64_t total) {
@@ -114,6 +131,7 @@ int RunClient(const BenchArgs& a) {
     std::printf("  pass %zu      %.3f s, %s/s\n", i + 1, r->pass_seconds[i],
                 FormatBytes(double(*size) / r->pass_seconds[i]).c_str());
   }
+  if (!r->transport_note.empty()) std::printf("  transport   %s\n", r->transport_note.c_str());
   std::printf("  time        %.3f s (first page sent to every page landed)\n", r->seconds);
   std::printf("  throughput  %s/s (%.2f GB/s), %.0f pages/s\n",
               FormatBytes(r->bytes_per_second()).c_str(), r->bytes_per_second() / 1e9,
@@ -149,6 +167,11 @@ std::function<int()> AddBenchCommand(CLI::App& app) {
   cmd->add_option("--listen", args->listen, "server: control address HOST:PORT (port 0: any)")
       ->capture_default_str();
   cmd->add_flag("--once", args->once, "server: exit after one client");
+  cmd->add_option("--transport", args->transport,
+                  "auto, rdma or tcp (server: with RDMA, --listen's host must be the device's IP)")
+      ->capture_default_str();
+  cmd->add_flag("--scatter", args->scatter,
+                "client: send even pages, then odd ones, so that no two pages can be coalesced");
   cmd->add_option("--max-memory", args->max_memory, "server: largest layout accepted")
       ->capture_default_str();
   auto* client = cmd->add_option("--client", args->client, "send pages to the server at HOST:PORT");
