@@ -481,6 +481,16 @@ Status RdmaTransport::Post(std::span<const PageWrite> batch, uint64_t tag) {
   return Status::Ok();
 }
 
+Status RdmaTransport::PostControl(Lane& lane, const uint64_t* value, bool signaled) {
+  ibv_sge sge{reinterpret_cast<uint64_t>(value), sizeof(uint64_t), 0};
+  ibv_send_wr wr{};
+  wr.sg_list = &sge;
+  wr.num_sge = 1;
+  wr.opcode = IBV_WR_SEND;
+  wr.send_flags = IBV_SEND_INLINE;  // the payload is copied at post time
+  return PostOne(lane, wr, 0, signaled);
+}
+
 Status RdmaTransport::PostWatermark(uint64_t mark) {
   if (!broken_.ok()) return broken_;
   if (finished_) return Error(Code::kInvalidArgument, "rdma transport: watermark after Finish");
@@ -490,13 +500,7 @@ Status RdmaTransport::PostWatermark(uint64_t mark) {
   }
   control_buf_[0] = mark;
   for (uint32_t i = 0; i < lane_count_; ++i) {
-    ibv_sge sge{reinterpret_cast<uint64_t>(&control_buf_[0]), sizeof(uint64_t), 0};
-    ibv_send_wr wr{};
-    wr.sg_list = &sge;
-    wr.num_sge = 1;
-    wr.opcode = IBV_WR_SEND;
-    wr.send_flags = IBV_SEND_INLINE;  // the payload is copied at post time
-    RDMIG_RETURN_IF_ERROR(PostOne(lanes_[i], wr, 0, false));
+    RDMIG_RETURN_IF_ERROR(PostControl(lanes_[i], &control_buf_[0], false));
   }
   last_mark_ = mark;
   return Status::Ok();
@@ -519,13 +523,7 @@ Status RdmaTransport::Finish() {
   if (finished_) return Status::Ok();
   control_buf_[1] = kEndMark;
   for (uint32_t i = 0; i < lane_count_; ++i) {
-    ibv_sge sge{reinterpret_cast<uint64_t>(&control_buf_[1]), sizeof(uint64_t), 0};
-    ibv_send_wr wr{};
-    wr.sg_list = &sge;
-    wr.num_sge = 1;
-    wr.opcode = IBV_WR_SEND;
-    wr.send_flags = IBV_SEND_INLINE;
-    RDMIG_RETURN_IF_ERROR(PostOne(lanes_[i], wr, 0, true));
+    RDMIG_RETURN_IF_ERROR(PostControl(lanes_[i], &control_buf_[1], true));
   }
   for (uint32_t i = 0; i < lane_count_; ++i) {
     while (lanes_[i].completed < lanes_[i].posted) {

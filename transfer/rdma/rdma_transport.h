@@ -141,6 +141,8 @@ class RdmaTransport final : public Transport {
   RdmaTransport() = default;
   Status FlushWrite(Lane& lane, uint64_t tag, bool last_of_batch);
   Status PostOne(Lane& lane, ibv_send_wr& wr, uint64_t tag, bool last_of_batch);
+  // An inline SEND of `*value` on `lane`: a watermark or the lane's end.
+  Status PostControl(Lane& lane, const uint64_t* value, bool signaled);
   Status Reap(Lane& lane, std::chrono::milliseconds timeout);
   Status Fail(Status s);
 
