@@ -33,12 +33,22 @@ while read -r mod; do
   insmod "$mod" || setup_failed "insmod $mod"
 done </etc/rxe-modules
 
-ip link add eth0 type dummy || setup_failed "ip link add eth0 type dummy"
+# With a QEMU network card (user networking, for tests that reach host processes) eth0 is that card and
+# the host is 10.0.2.2; without one, eth0 is a dummy.
+if [ -e /sys/class/net/eth0 ]; then
+  nic=virtio
+else
+  nic=dummy
+  ip link add eth0 type dummy || setup_failed "ip link add eth0 type dummy"
+fi
 ip link set eth0 up || setup_failed "ip link set eth0 up"
 ip addr add 10.0.2.15/24 dev eth0 || setup_failed "ip addr add"
 ip link set lo up || setup_failed "ip link set lo up"
+if [ "$nic" = virtio ]; then
+  ip route add default via 10.0.2.2 || setup_failed "ip route add default"
+fi
 rdma link add rxe0 type rxe netdev eth0 || setup_failed "rdma link add rxe0"
-echo "rxe-guest: rxe0 on eth0 (10.0.2.15) ready, uptime $(cut -d' ' -f1 /proc/uptime) s"
+echo "rxe-guest: rxe0 on eth0 ($nic, 10.0.2.15) ready, uptime $(cut -d' ' -f1 /proc/uptime) s"
 
 status=0
 if [ -f /test/run.sh ]; then
