@@ -140,20 +140,10 @@ Status RdmaReceiver::AcceptLanes(uint32_t lanes, uint64_t session_id,
     ++accepted;
   }
   for (uint32_t i = 0; i < lanes; ++i) qp_nums_.push_back(lanes_[i]->qp->qp_num);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    watermarks_.assign(lanes, 0);
-    ended_.assign(lanes, false);
-  }
+  progress_ = std::make_unique<LaneProgress>("rdma", lanes);
   RDMIG_RETURN_IF_ERROR(verbs::ArmCq(recv_cq_.get()));
   poller_ = std::thread([this] { Poll(); });
   return Status::Ok();
-}
-
-void RdmaReceiver::Fail(Status s) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (error_.ok()) error_ = std::move(s);
-  cv_.notify_all();
 }
 
 Status RdmaReceiver::HandleCompletions() {
@@ -165,8 +155,7 @@ Status RdmaReceiver::HandleCompletions() {
       const uint32_t lane = static_cast<uint32_t>(
           std::find(qp_nums_.begin(), qp_nums_.end(), wc[i].qp_num) - qp_nums_.begin());
       if (wc[i].status != IBV_WC_SUCCESS) {
-        std::lock_guard<std::mutex> lock(mu_);
-        if (lane < lane_count_ && ended_[lane]) continue;  // flushed after the orderly end
+        if (lane < lane_count_ && progress_->Ended(lane)) continue;  // flushed after the end
         return Error(Code::kPeerClosed,
                      LaneName(lane) + ": receive failed: " + verbs::WcStatusName(wc[i].status));
       }
@@ -174,18 +163,10 @@ Status RdmaReceiver::HandleCompletions() {
         return Error(Code::kInternal, "completion for an unknown queue pair");
       const uint32_t slot = static_cast<uint32_t>(wc[i].wr_id);
       const uint64_t value = recv_slots_[slot];
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        if (value == kEndMark) {
-          if (!ended_[lane]) ++ended_count_;
-          ended_[lane] = true;
-        } else if (value <= watermarks_[lane]) {
-          return Error(Code::kProtocol, LaneName(lane) + ": watermark " + std::to_string(value) +
-                                            " does not exceed the previous one");
-        } else {
-          watermarks_[lane] = value;
-        }
-        cv_.notify_all();
+      if (value == kEndMark) {
+        progress_->SetEnded(lane);
+      } else {
+        RDMIG_RETURN_IF_ERROR(progress_->SetWatermark(lane, value).Annotate(LaneName(lane)));
       }
       RDMIG_RETURN_IF_ERROR(Repost(lane, slot));
     }
@@ -214,60 +195,36 @@ void RdmaReceiver::Poll() {
       Result<verbs::CmEvent> ev = verbs::NextEvent(channel_.get(), std::chrono::milliseconds(0));
       if (ev.ok() && ev->type == RDMA_CM_EVENT_DISCONNECTED) {
         s = HandleCompletions();  // an END that arrived before the disconnect counts
-        std::lock_guard<std::mutex> lock(mu_);
         for (uint32_t l = 0; l < lane_count_ && s.ok(); ++l) {
-          if (lanes_[l].get() == ev->id && !ended_[l]) {
+          if (lanes_[l].get() == ev->id && !progress_->Ended(l)) {
             s = Error(Code::kPeerClosed, LaneName(l) + ": the source disconnected before the end");
           }
         }
       }
     }
   }
-  if (!s.ok()) Fail(s);
+  if (!s.ok()) progress_->Fail(s);
 }
 
-uint64_t RdmaReceiver::MinWatermarkLocked() const {
-  if (watermarks_.empty()) return 0;
-  return *std::min_element(watermarks_.begin(), watermarks_.end());
-}
-
-uint64_t RdmaReceiver::LandedWatermark() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return MinWatermarkLocked();
-}
+uint64_t RdmaReceiver::LandedWatermark() const { return progress_ ? progress_->Landed() : 0; }
 
 Status RdmaReceiver::WaitWatermark(uint64_t mark, std::chrono::milliseconds timeout) {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, timeout,
-               [&]() REQUIRES(mu_) { return !error_.ok() || MinWatermarkLocked() >= mark; });
-  if (MinWatermarkLocked() >= mark) return Status::Ok();
-  if (!error_.ok()) return error_;
-  return Error(Code::kTimeout, "rdma receiver: watermark " + std::to_string(mark) +
-                                   " not landed within " + std::to_string(timeout.count()) + " ms");
+  if (!progress_) return Error(Code::kInvalidArgument, "rdma receiver: no lanes accepted");
+  return progress_->WaitWatermark(mark, timeout);
 }
 
 Status RdmaReceiver::WaitFinished(std::chrono::milliseconds timeout) {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, timeout,
-               [&]() REQUIRES(mu_) { return !error_.ok() || ended_count_ == lane_count_; });
-  if (ended_count_ == lane_count_) return Status::Ok();
-  if (!error_.ok()) return error_;
-  return Error(Code::kTimeout, "rdma receiver: lanes still open");
+  if (!progress_) return Error(Code::kInvalidArgument, "rdma receiver: no lanes accepted");
+  return progress_->WaitFinished(timeout);
 }
 
 LaneCounters RdmaReceiver::Counters(uint32_t lane) const {
-  std::lock_guard<std::mutex> lock(mu_);
   // One-sided writes are not seen by the destination's CPU: only watermarks are counted.
-  return LaneCounters{0, 0, lane < watermarks_.size() ? watermarks_[lane] : 0};
+  return LaneCounters{0, 0, progress_ && lane < lane_count_ ? progress_->Watermark(lane) : 0};
 }
 
 void RdmaReceiver::Abort() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (error_.ok() && ended_count_ < lane_count_)
-      error_ = Error(Code::kAborted, "rdma receiver aborted");
-    cv_.notify_all();
-  }
+  if (progress_) progress_->Abort();
   for (auto& id : lanes_) {
     if (id) rdma_disconnect(id.get());
   }

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "transfer/lane_progress.h"
 #include "transfer/rdma/verbs/verbs.h"
 #include "transfer/region.h"
 #include "transfer/thread_annotations.h"
@@ -62,8 +63,6 @@ class RdmaReceiver final : public Receiver {
   void Poll();
   Status HandleCompletions();
   Status Repost(uint32_t lane, uint32_t slot);
-  void Fail(Status s);
-  uint64_t MinWatermarkLocked() const REQUIRES(mu_);
 
   Capabilities caps_;
   const RegionRegistry* regions_ = nullptr;
@@ -83,14 +82,9 @@ class RdmaReceiver final : public Receiver {
   std::vector<uint32_t> qp_lane_;  // qp_num -> lane, small linear table
   std::vector<uint32_t> qp_nums_;
 
+  std::unique_ptr<LaneProgress> progress_;  // made once the lane count is known
   std::thread poller_;
   std::atomic<bool> stop_{false};
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<uint64_t> watermarks_ GUARDED_BY(mu_);
-  std::vector<bool> ended_ GUARDED_BY(mu_);
-  uint32_t ended_count_ GUARDED_BY(mu_) = 0;
-  Status error_ GUARDED_BY(mu_);
 };
 
 // Source. Thread-safety: not thread-safe; one thread drives it.

@@ -156,7 +156,8 @@ TcpReceiver::TcpReceiver(std::vector<Fd> lanes, const RegionRegistry* regions)
     : caps_(TcpCapabilities(static_cast<uint32_t>(lanes.size()))),
       regions_(regions),
       lanes_(new Lane[lanes.size()]),
-      lane_count_(static_cast<uint32_t>(lanes.size())) {
+      lane_count_(static_cast<uint32_t>(lanes.size())),
+      progress_("tcp", static_cast<uint32_t>(lanes.size())) {
   for (uint32_t i = 0; i < lane_count_; ++i) {
     lanes_[i].fd = std::move(lanes[i]);
     lanes_[i].index = i;
@@ -275,16 +276,9 @@ Status TcpReceiver::LandFrames(Lane& lane) {
         lane.bytes.fetch_add(payload, std::memory_order_relaxed);
         break;
       }
-      case FrameType::kWatermark: {
-        std::lock_guard<std::mutex> lock(mu_);
-        if (h.value <= lane.watermark.load(std::memory_order_relaxed)) {
-          return Error(Code::kProtocol, "watermark " + std::to_string(h.value) +
-                                            " does not exceed the previous one");
-        }
-        lane.watermark.store(h.value, std::memory_order_release);
-        cv_.notify_all();
+      case FrameType::kWatermark:
+        RDMIG_RETURN_IF_ERROR(progress_.SetWatermark(lane.index, h.value));
         break;
-      }
       case FrameType::kEnd:
         return Status::Ok();
       default:
@@ -294,22 +288,13 @@ Status TcpReceiver::LandFrames(Lane& lane) {
 }
 
 void TcpReceiver::LaneDone(Lane& lane, Status s) {
-  bool shutdown_all = false;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!s.ok()) {
-      if (aborted_) s = Error(Code::kAborted, "tcp receiver aborted");
-      if (error_.ok()) {
-        error_ = s;
-        shutdown_all = true;
-      }
-    } else {
-      ++ended_lanes_;
-    }
-    cv_.notify_all();
+  if (s.ok()) {
+    progress_.SetEnded(lane.index);
+    return;
   }
+  if (progress_.aborted()) s = Error(Code::kAborted, "tcp receiver aborted");
   // One lane failing fails the transfer: wake the other lanes instead of waiting on them.
-  if (shutdown_all) ShutdownAll();
+  if (progress_.Fail(s)) ShutdownAll();
 }
 
 void TcpReceiver::ShutdownAll() {
@@ -317,58 +302,23 @@ void TcpReceiver::ShutdownAll() {
 }
 
 void TcpReceiver::Abort() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (aborted_) return;
-    aborted_ = true;
-    if (error_.ok() && ended_lanes_ < lane_count_) {
-      error_ = Error(Code::kAborted, "tcp receiver aborted");
-    }
-    cv_.notify_all();
-  }
-  ShutdownAll();
+  if (progress_.Abort()) ShutdownAll();
 }
 
-uint64_t TcpReceiver::MinWatermarkLocked() const {
-  uint64_t m = UINT64_MAX;
-  for (uint32_t i = 0; i < lane_count_; ++i) {
-    m = std::min(m, lanes_[i].watermark.load(std::memory_order_acquire));
-  }
-  return m;
-}
-
-uint64_t TcpReceiver::LandedWatermark() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return MinWatermarkLocked();
-}
+uint64_t TcpReceiver::LandedWatermark() const { return progress_.Landed(); }
 
 Status TcpReceiver::WaitWatermark(uint64_t mark, std::chrono::milliseconds timeout) {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, timeout,
-               [&]() REQUIRES(mu_) { return !error_.ok() || MinWatermarkLocked() >= mark; });
-  if (MinWatermarkLocked() >= mark) return Status::Ok();
-  if (!error_.ok()) return error_;
-  return Error(Code::kTimeout, "tcp receiver: watermark " + std::to_string(mark) +
-                                   " not landed within " + std::to_string(timeout.count()) +
-                                   " ms (landed " + std::to_string(MinWatermarkLocked()) + ")");
+  return progress_.WaitWatermark(mark, timeout);
 }
 
 Status TcpReceiver::WaitFinished(std::chrono::milliseconds timeout) {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, timeout,
-               [&]() REQUIRES(mu_) { return !error_.ok() || ended_lanes_ == lane_count_; });
-  if (!error_.ok()) return error_;
-  if (ended_lanes_ == lane_count_) return Status::Ok();
-  return Error(Code::kTimeout, "tcp receiver: " + std::to_string(lane_count_ - ended_lanes_) +
-                                   " lanes still open after " + std::to_string(timeout.count()) +
-                                   " ms");
+  return progress_.WaitFinished(timeout);
 }
 
 LaneCounters TcpReceiver::Counters(uint32_t lane) const {
   const Lane& l = lanes_[lane];
   return LaneCounters{l.pages.load(std::memory_order_relaxed),
-                      l.bytes.load(std::memory_order_relaxed),
-                      l.watermark.load(std::memory_order_acquire)};
+                      l.bytes.load(std::memory_order_relaxed), progress_.Watermark(lane)};
 }
 
 }  // namespace rdmig

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "transfer/lane_progress.h"
 #include "transfer/net/socket.h"
 #include "transfer/region.h"
 #include "transfer/tcp/wire.h"
@@ -82,7 +83,6 @@ class TcpReceiver final : public Receiver {
     std::thread thread;
     std::atomic<uint64_t> pages{0};
     std::atomic<uint64_t> bytes{0};
-    std::atomic<uint64_t> watermark{0};
     std::array<std::byte, tcpwire::kMaxFrameHeadBytes> head;
     std::array<iovec, tcpwire::kMaxFramePages> iov;
   };
@@ -92,18 +92,12 @@ class TcpReceiver final : public Receiver {
   Status LandFrames(Lane& lane);
   void LaneDone(Lane& lane, Status s);
   void ShutdownAll();
-  uint64_t MinWatermarkLocked() const REQUIRES(mu_);
 
   Capabilities caps_;
   const RegionRegistry* regions_;
   std::unique_ptr<Lane[]> lanes_;
   uint32_t lane_count_;
-
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  Status error_ GUARDED_BY(mu_);
-  uint32_t ended_lanes_ GUARDED_BY(mu_) = 0;
-  bool aborted_ GUARDED_BY(mu_) = false;
+  LaneProgress progress_;
 };
 
 }  // namespace rdmig
