@@ -4,8 +4,9 @@ BUILD_TYPE ?= RelWithDebInfo
 JOBS       ?= $(shell nproc)
 CTEST_ARGS ?=
 RUNS       ?= 5
+CONV_RUNS  ?= 3
 
-.PHONY: all deps configure build test demo demo-pages bench bench-rdma bench-migration format clean
+.PHONY: all deps configure build test demo demo-pages bench bench-rdma bench-migration bench-convergence format clean
 
 all: build
 
@@ -37,6 +38,9 @@ bench-rdma: build
 
 bench-migration: build
 	scripts/bench-migration $(BUILD)/control/cli/rdmig $(BUILD)/guest $(BUILD)/bench/migration.json $(RUNS)
+
+bench-convergence: build
+	scripts/bench-convergence $(BUILD)/control/cli/rdmig $(BUILD)/guest $(BUILD)/bench/convergence.json $(CONV_RUNS)
 
 format:
 	find transfer control qemu-plugin bench tests -name '*.h' -o -name '*.cc' | xargs clang-format -i

@@ -9,6 +9,7 @@
 #include "qemu-plugin/stream/chunk.h"
 #include "qemu-plugin/stream/format.h"
 #include "qemu-plugin/stream/parser.h"
+#include "transfer/pacer.h"
 
 namespace rdmig::endpoint {
 
@@ -37,8 +38,15 @@ void AnnounceBlock(const session::RegionSpec& block, stream::ChunkWriter* chunk)
 
 }  // namespace
 
+// Bytes a page write costs on the wire besides its payload (its descriptor), for pacing.
+constexpr uint64_t kDescriptorWireBytes = 16;
+
 Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOptions& options) {
   SourceStreamReport report;
+  SourceStreamStats unused_stats;
+  SourceStreamStats& stats = options.stats ? *options.stats : unused_stats;
+  Pacer pacer(options.max_bandwidth);
+  uint64_t wire_bytes = 0;
   std::vector<std::byte> buf(options.buffer_bytes);
   size_t have = 0;
   bool eof = false;
@@ -60,6 +68,7 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
     RDMIG_ASSIGN_OR_RETURN(size_t n, ReadSome(qemu_fd, buf.data() + have, buf.size() - have));
     if (report.stream_bytes == 0 && n > 0) start = Clock::now();
     report.stream_bytes += n;
+    stats.stream_bytes.store(report.stream_bytes, std::memory_order_relaxed);
     have += n;
     eof = n == 0;
     if (options.progress && Clock::now() >= next_progress) {
@@ -120,6 +129,7 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
       passthrough_sent = true;
     }
     report.control_bytes += chunk.size();
+    wire_bytes += chunk.size();
     ++report.chunks;
     chunk.clear();
     return s->control().Send(msg);
@@ -127,6 +137,8 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
 
   // 2. The stream: pages of registered blocks on their lanes, the rest in chunks behind watermarks.
   for (;;) {
+    const uint64_t wire_before = wire_bytes;
+    const uint64_t lane_before = report.lane_bytes;
     size_t used = parser.Parse(std::span(buf.data(), have), &items);
     for (const stream::Item& it : items) {
       if (it.kind == stream::Item::kPassthrough) {
@@ -162,11 +174,18 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
     if (!pages.empty()) {
       RDMIG_RETURN_IF_ERROR(tx.Post(pages, ++tag));
       report.pages += pages.size();
+      wire_bytes += pages.size() * kDescriptorWireBytes;
       pages.clear();
     }
+    wire_bytes += report.lane_bytes - lane_before;
     if (!chunk.empty()) RDMIG_RETURN_IF_ERROR(send_chunk(false));
     // Page data lives in `buf`: it may move only once the transport is done with it.
     if (tag > 0) RDMIG_RETURN_IF_ERROR(tx.WaitCompleted(tag, options.timeout).status());
+    stats.lane_bytes.store(report.lane_bytes, std::memory_order_relaxed);
+    stats.pages.store(report.pages, std::memory_order_relaxed);
+    stats.wire_bytes.store(wire_bytes, std::memory_order_relaxed);
+    // A slower link: QEMU's stream is not read on until the link would have carried these bytes.
+    pacer.Pace(wire_bytes - wire_before);
     if (eof && used == have) break;
     if (eof) {
       return Error(Code::kAborted, "QEMU's migration stream ended inside a record (" +

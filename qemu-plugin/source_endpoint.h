@@ -8,6 +8,7 @@
 // Thread-safety: runs on the calling thread.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -17,6 +18,15 @@
 
 namespace rdmig::endpoint {
 
+// What the endpoint has carried so far, for whoever follows the migration live (the dirty-rate
+// tracker of `rdmig migrate`). Thread-safety: written by the endpoint's thread, read by any.
+struct SourceStreamStats {
+  std::atomic<uint64_t> stream_bytes{0};  // read from QEMU
+  std::atomic<uint64_t> lane_bytes{0};    // page payload bytes posted on lanes
+  std::atomic<uint64_t> pages{0};         // page writes posted (payload pages and zero fills)
+  std::atomic<uint64_t> wire_bytes{0};    // everything sent: payload, descriptors, stream chunks
+};
+
 struct SourceStreamOptions {
   HostPort destination;  // the destination endpoint's control address
   uint32_t lanes = 4;
@@ -25,6 +35,10 @@ struct SourceStreamOptions {
   std::chrono::milliseconds timeout{30000};
   // Called about every 500 ms with the stream bytes read so far.
   std::function<void(uint64_t stream_bytes)> progress;
+  // Bytes per second the endpoint may put on the wire (lanes and stream chunks together); 0: no
+  // limit. Stands for a slower link: QEMU is held back by the socket, as by a real link.
+  uint64_t max_bandwidth = 0;
+  SourceStreamStats* stats = nullptr;  // if set, kept current while the migration runs
 };
 
 struct SourceStreamReport {

@@ -14,6 +14,9 @@ std::function<int()> AddSendCommand(CLI::App& app);
 std::function<int()> AddReceiveCommand(CLI::App& app);
 // `rdmig migrate`: drives a live migration over QMP through the source endpoint.
 std::function<int()> AddMigrateCommand(CLI::App& app);
+// `rdmig plan`: the pre-copy model's prediction; `rdmig plot`: a timeline as a PNG.
+std::function<int()> AddPlanCommand(CLI::App& app);
+std::function<int()> AddPlotCommand(CLI::App& app);
 // `rdmig probe`: RDMA devices and the transport choice.
 std::function<int()> AddProbeCommand(CLI::App& app);
 

@@ -22,6 +22,8 @@ int main(int argc, char** argv) {
   auto run_receive = rdmig::cli::AddReceiveCommand(app);
   auto run_migrate = rdmig::cli::AddMigrateCommand(app);
   auto run_probe = rdmig::cli::AddProbeCommand(app);
+  auto run_plan = rdmig::cli::AddPlanCommand(app);
+  auto run_plot = rdmig::cli::AddPlotCommand(app);
 
   try {
     app.parse(argc, argv);
@@ -37,5 +39,7 @@ int main(int argc, char** argv) {
   if (app.got_subcommand("receive")) return run_receive();
   if (app.got_subcommand("migrate")) return run_migrate();
   if (app.got_subcommand("probe")) return run_probe();
+  if (app.got_subcommand("plan")) return run_plan();
+  if (app.got_subcommand("plot")) return run_plot();
   return 2;
 }

@@ -16,6 +16,9 @@
 #include "control/cli/commands.h"
 #include "control/cli/size.h"
 #include "control/cli/transport_choice.h"
+#include "control/convergence/actuator.h"
+#include "control/convergence/controller.h"
+#include "control/convergence/tracker.h"
 #include "control/qmp/qmp_client.h"
 #include "qemu-plugin/source_endpoint.h"
 
@@ -36,30 +39,20 @@ struct MigrateArgs {
   uint32_t lanes = 4;
   std::string transport = "auto";
   std::string blackout_budget = "500ms";
-  std::string max_bandwidth = "100G";
+  std::string fixed_cost = "100ms";
+  std::string max_bandwidth;  // empty: no limit
+  std::string throttle = "auto";
+  bool auto_converge = false;  // --native only: QEMU's auto-converge with its defaults
   double timeout_s = 600;
   std::string json;
+  std::string timeline;
 };
+
+// QEMU's max-bandwidth when nothing should limit it (bytes/s).
+constexpr uint64_t kUnlimitedQemuBandwidth = 100ull << 30;
 
 double WallNow() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
-Result<uint64_t> ParseMillis(const std::string& text) {
-  std::string t = text;
-  double scale = 1;
-  if (t.size() > 2 && t.substr(t.size() - 2) == "ms") {
-    t.resize(t.size() - 2);
-  } else if (!t.empty() && t.back() == 's') {
-    t.pop_back();
-    scale = 1000;
-  }
-  char* end = nullptr;
-  double v = std::strtod(t.c_str(), &end);
-  if (t.empty() || end != t.c_str() + t.size() || v <= 0) {
-    return Error(Code::kInvalidArgument, "bad duration '" + text + "': want e.g. 500ms or 0.5s");
-  }
-  return static_cast<uint64_t>(std::llround(v * scale));
 }
 
 // The source endpoint on a thread: accepts QEMU on `listen_fd` and carries its stream.
@@ -101,28 +94,228 @@ int Fail(const MigrateArgs& a, const std::string& what, const Status& s) {
   return 1;
 }
 
+// Follows a running migration: samples the source every kSampleInterval, feeds the dirty-rate
+// tracker and the throttle controller, drives the actuator, and keeps the timeline.
+class Follower {
+ public:
+  // A sample at least every kEventWait + kQueryWait (< 250 ms): when QEMU's monitor is slow to
+  // answer (its main loop is busy, e.g. syncing the dirty bitmap) the sample keeps the last answer
+  // and says how old it is.
+  static constexpr auto kEventWait = std::chrono::milliseconds(80);
+  static constexpr auto kQueryWait = std::chrono::milliseconds(100);
+  static_assert(kEventWait + kQueryWait < std::chrono::milliseconds(250));
+
+  Follower(QmpClient* src, double t_migrate, const endpoint::SourceStreamStats* stats,
+           convergence::ThrottleController* controller, convergence::ThrottleActuator* actuator)
+      : src_(src),
+        t_migrate_(t_migrate),
+        stats_(stats),
+        controller_(controller),
+        actuator_(actuator) {}
+
+  // One step: waits up to the sample interval for an event, then samples. Returns the status.
+  std::string Step() {
+    auto ev = src_->WaitEvent("MIGRATION", kEventWait);
+    if (ev.ok()) status_ = ev->data.value("status", status_);
+    if (!stop_) {
+      stop_ = src_->TakeEvent("STOP");
+      // Switchover: the guest is stopped; give it its full speed back for when it runs again
+      // (here if the migration fails now, at the destination otherwise).
+      if (stop_ && actuator_) ReleaseThrottle();
+    }
+    auto q = src_->Execute("query-migrate", nullptr, kQueryWait);
+    const double now = WallNow();
+    if (q.ok()) {
+      info_ = *q;
+      info_time_ = now;
+      status_ = info_.value("status", status_);
+    }
+    if (dirty_rate_pending_) PollDirtyRateHint();
+    Sample();
+    return status_;
+  }
+
+  void StartDirtyRateHint() {
+    // QEMU's page-sampling estimate over 1 s: the unthrottled rate, which the first pass can
+    // only bound from below when it redirties the whole working set.
+    dirty_rate_pending_ = src_->Execute("calc-dirty-rate", {{"calc-time", 1}}).ok();
+  }
+
+  void ReleaseThrottle() {
+    if (!actuator_) return;
+    if (Status s = actuator_->Release(); !s.ok()) {
+      spdlog::error("releasing the vCPU throttle ({}): {}", actuator_->name(), s.ToString());
+    }
+  }
+
+  const json& info() const { return info_; }
+  const std::optional<QmpClient::Event>& stop() const { return stop_; }
+  const json& samples() const { return samples_; }
+  double peak_throttle() const { return peak_throttle_; }
+  double throttle_seconds() const { return throttle_seconds_; }
+  double predicted_blackout_ms() const { return predicted_at_stop_ms_; }
+  int passes_observed() const { return tracker_.pass(); }
+
+  void PrintProgress() const {
+    if (!info_.contains("ram")) return;
+    const json& ram = info_["ram"];
+    std::fprintf(stderr,
+                 "\r  %-9s pass %-3lld remaining %-11s bandwidth %-12s dirty %-12s throttle %3.0f%%"
+                 " predicted blackout %4.0f ms  ",
+                 status_.c_str(), static_cast<long long>(ram.value("dirty-sync-count", int64_t{0})),
+                 FormatBytes(ram.value("remaining", 0.0)).c_str(),
+                 (FormatBytes(tracker_.bandwidth()) + "/s").c_str(),
+                 (FormatBytes(tracker_.dirty_rate()) + "/s").c_str(), throttle_ * 100,
+                 predicted_ms_);
+  }
+
+ private:
+  void PollDirtyRateHint() {
+    auto r = src_->Execute("query-dirty-rate");
+    if (!r.ok()) {
+      dirty_rate_pending_ = false;
+      return;
+    }
+    if (r->value("status", "") != "measured") return;
+    dirty_rate_pending_ = false;
+    hint_ = r->value("dirty-rate", 0.0) * (1 << 20);  // MiB/s
+    if (controller_ && hint_ > 0) controller_->HintDirtyRate(hint_);
+  }
+
+  void Sample() {
+    const json& ram = info_.contains("ram") ? info_["ram"] : json::object();
+    const double t = WallNow() - t_migrate_;
+    if (actuator_) {
+      throttle_ = actuator_->current();
+    } else {
+      throttle_ = info_.value("cpu-throttle-percentage", 0.0) / 100;
+    }
+    convergence::Sample s;
+    s.t = t;
+    s.sync_count = ram.value("dirty-sync-count", int64_t{0});
+    s.remaining = ram.value("remaining", 0.0);
+    s.transferred =
+        stats_ ? static_cast<double>(stats_->wire_bytes.load()) : ram.value("transferred", 0.0);
+    s.throttle = throttle_;
+    if (have_last_t_) throttle_seconds_ += last_throttle_ * (t - last_t_);
+    have_last_t_ = true;
+    last_t_ = t;
+    last_throttle_ = throttle_;
+    peak_throttle_ = std::max(peak_throttle_, throttle_);
+
+    auto obs = tracker_.Add(s);
+    if (obs && controller_ && actuator_ && !stop_ && status_ == "active") {
+      const double p = controller_->OnPass(*obs);
+      const double rate = controller_->capacity() * (1 - p);
+      if (p != actuator_->current()) {
+        if (Status st = actuator_->Set(p, rate); !st.ok()) {
+          spdlog::warn("vCPU throttle ({}) to {:.0f}%: {}", actuator_->name(), p * 100,
+                       st.ToString());
+        } else {
+          spdlog::debug("pass {}: {:.0f} MiB dirty in {:.2f} s at {:.0f} MiB/s; throttle {:.0f}%",
+                        obs->pass, obs->dirty_bytes / 1048576.0, obs->duration_s,
+                        obs->bandwidth / 1048576.0, p * 100);
+        }
+      }
+    }
+    const double bw = tracker_.bandwidth();
+    convergence::ThrottleController fallback{convergence::ControllerConfig{}};
+    const convergence::ThrottleController& c = controller_ ? *controller_ : fallback;
+    predicted_ms_ = bw > 0 ? c.PredictBlackoutSeconds(s.remaining, bw) * 1000 : 0;
+    if (!stop_) predicted_at_stop_ms_ = predicted_ms_;
+    samples_.push_back({{"t_s", t},
+                        {"status", status_},
+                        {"pass", tracker_.pass() + 1},
+                        {"remaining_bytes", s.remaining},
+                        {"transferred_bytes", s.transferred},
+                        {"bandwidth_Bps", bw},
+                        {"dirty_rate_Bps", tracker_.dirty_rate()},
+                        {"qemu_dirty_rate_Bps", ram.value("dirty-pages-rate", 0.0) * 4096},
+                        {"throttle_pct", throttle_ * 100},
+                        {"needed_throttle_pct", controller_ ? controller_->needed() * 100 : 0.0},
+                        {"predicted_blackout_ms", predicted_ms_},
+                        {"qemu_age_ms", (WallNow() - info_time_) * 1000}});
+  }
+
+  QmpClient* src_;
+  double t_migrate_;
+  const endpoint::SourceStreamStats* stats_;
+  convergence::ThrottleController* controller_;
+  convergence::ThrottleActuator* actuator_;
+  convergence::DirtyRateTracker tracker_;
+  std::string status_ = "active";
+  json info_ = json::object();
+  double info_time_ = 0;  // when info_ was answered
+  std::optional<QmpClient::Event> stop_;
+  json samples_ = json::array();
+  bool dirty_rate_pending_ = false;
+  double hint_ = 0;
+  double throttle_ = 0;
+  double peak_throttle_ = 0;
+  double throttle_seconds_ = 0;
+  bool have_last_t_ = false;
+  double last_t_ = 0;
+  double last_throttle_ = 0;
+  double predicted_ms_ = 0;
+  double predicted_at_stop_ms_ = 0;
+};
+
 int RunMigrate(const MigrateArgs& a) {
   auto budget_ms = ParseMillis(a.blackout_budget);
-  auto bandwidth = ParseSize(a.max_bandwidth);
-  if (!budget_ms.ok() || !bandwidth.ok()) {
-    spdlog::error("{}", (!budget_ms.ok() ? budget_ms.status() : bandwidth.status()).message());
-    return 2;
+  auto fixed_ms = ParseMillis(a.fixed_cost);
+  Result<double> bandwidth =
+      a.max_bandwidth.empty() ? Result<double>(0.0) : ParseRate(a.max_bandwidth);
+  for (const Status& s : {budget_ms.status(), fixed_ms.status(), bandwidth.status()}) {
+    if (!s.ok()) {
+      spdlog::error("{}", s.message());
+      return 2;
+    }
   }
   if (a.to.empty() == a.native.empty()) {
     spdlog::error("give --to HOST:PORT (the destination's `rdmig receive`) or --native URI");
     return 2;
   }
+  if (a.auto_converge && a.native.empty()) {
+    spdlog::error("--auto-converge is for the --native baseline; rdmig throttles with --throttle");
+    return 2;
+  }
+  if (*fixed_ms >= *budget_ms) {
+    spdlog::error(
+        "--blackout-budget {} ms leaves nothing after the fixed cost of {} ms "
+        "(--fixed-cost)",
+        *budget_ms, *fixed_ms);
+    return 2;
+  }
+  const bool rdmig = a.native.empty();
+  const bool throttling = rdmig && a.throttle != "off";
+  convergence::ControllerConfig cc;
+  cc.budget_s = *budget_ms / 1000;
+  cc.fixed_cost_s = *fixed_ms / 1000;
+  convergence::ThrottleController controller(cc);
+
   const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(a.timeout_s * 1000));
   auto src = QmpClient::Connect(a.source_qmp, std::chrono::seconds(10));
   if (!src.ok()) return Fail(a, "source QMP", src.status());
   auto dst = QmpClient::Connect(a.dest_qmp, std::chrono::seconds(10));
   if (!dst.ok()) return Fail(a, "destination QMP", dst.status());
 
-  const json events_on = {
-      {"capabilities", json::array({{{"capability", "events"}, {"state", true}}})}};
+  json caps = json::array({{{"capability", "events"}, {"state", true}}});
   for (QmpClient* q : {&*src, &*dst}) {
-    if (auto r = q->Execute("migrate-set-capabilities", events_on); !r.ok()) {
-      return Fail(a, "enabling migration events on " + q->path(), r.status());
+    json c = caps;
+    if (q == &*src && !rdmig)
+      c.push_back({{"capability", "auto-converge"}, {"state", a.auto_converge}});
+    if (auto r = q->Execute("migrate-set-capabilities", {{"capabilities", c}}); !r.ok()) {
+      return Fail(a, "setting migration capabilities on " + q->path(), r.status());
+    }
+  }
+  std::unique_ptr<convergence::ThrottleActuator> actuator;
+  std::string actuator_note;
+  if (throttling) {
+    auto chosen = convergence::ChooseActuator(a.throttle, &*src, &actuator_note);
+    if (!chosen.ok()) return Fail(a, "vCPU throttle", chosen.status());
+    actuator = std::move(chosen).value();
+    if (Status s = actuator->Prepare(); !s.ok()) {
+      return Fail(a, "vCPU throttle (" + actuator->name() + ")", s);
     }
   }
   if (!a.dest_incoming.empty()) {
@@ -130,16 +323,23 @@ int RunMigrate(const MigrateArgs& a) {
       return Fail(a, "destination migrate-incoming", r.status());
     }
   }
-  json params = {{"downtime-limit", *budget_ms}, {"max-bandwidth", *bandwidth}};
+  // rdmig: QEMU switches over when what remains fits the budget less the fixed costs, with a
+  // margin; the link's limit is the engine's. Native: the budget as it is, and QEMU's own limit.
+  const double downtime_limit_ms = rdmig ? controller.DowntimeLimitSeconds() * 1000 : *budget_ms;
+  const uint64_t qemu_bandwidth =
+      (rdmig || *bandwidth == 0) ? kUnlimitedQemuBandwidth : static_cast<uint64_t>(*bandwidth);
+  json params = {{"downtime-limit", std::llround(downtime_limit_ms)},
+                 {"max-bandwidth", qemu_bandwidth}};
   if (auto r = src->Execute("migrate-set-parameters", params); !r.ok()) {
     return Fail(a, "source migrate-set-parameters", r.status());
   }
 
   // The source endpoint listens on a private unix socket; QEMU migrates to it.
   std::unique_ptr<SourceEndpointThread> endpoint;
+  endpoint::SourceStreamStats stream_stats;
   std::string uri = a.native;
   std::filesystem::path dir;
-  if (a.native.empty()) {
+  if (rdmig) {
     auto to = ParseHostPort(a.to);
     if (!to.ok()) return Fail(a, "--to", to.status());
     dir = std::filesystem::temp_directory_path() / ("rdmig-migrate-" + std::to_string(getpid()));
@@ -150,6 +350,8 @@ int RunMigrate(const MigrateArgs& a) {
     endpoint::SourceStreamOptions opts;
     opts.destination = *to;
     opts.lanes = a.lanes;
+    opts.max_bandwidth = static_cast<uint64_t>(*bandwidth);
+    opts.stats = &stream_stats;
     auto transports = ChooseTransports(a.transport);
     if (!transports.ok()) return Fail(a, "--transport", transports.status());
     opts.transports = *transports;
@@ -165,38 +367,39 @@ int RunMigrate(const MigrateArgs& a) {
   } cleanup{dir};
 
   const double t_migrate = WallNow();
+  Follower follow(&*src, t_migrate, rdmig ? &stream_stats : nullptr,
+                  throttling ? &controller : nullptr, actuator.get());
+  // The timeline is written however the migration ends.
+  struct TimelineWriter {
+    const std::string& path;
+    const Follower& f;
+    ~TimelineWriter() {
+      if (path.empty()) return;
+      std::ofstream out(path);
+      out << json{{"samples", f.samples()}}.dump(1) << "\n";
+      if (!out) spdlog::error("cannot write the timeline to {}", path);
+    }
+  } timeline_writer{a.timeline, follow};
   if (auto r = src->Execute("migrate", {{"uri", uri}}); !r.ok()) {
     return Fail(a, "source migrate", r.status());
   }
+  if (throttling) follow.StartDirtyRateHint();
 
   // Follow the source until the migration ends.
   const bool tty = isatty(STDERR_FILENO);
   const auto deadline = Clock::now() + timeout;
   std::string status = "active";
-  json info;
   while (status != "completed" && status != "failed" && status != "cancelled") {
     if (Clock::now() > deadline) {
       (void)src->Execute("migrate_cancel");
       return Fail(a, "migration",
                   Error(Code::kTimeout, "still " + status + " after the timeout; cancelled"));
     }
-    auto ev = src->WaitEvent("MIGRATION", std::chrono::milliseconds(250));
-    if (ev.ok()) status = ev->data.value("status", status);
-    auto q = src->Execute("query-migrate");
-    if (q.ok()) {
-      info = *q;
-      status = info.value("status", status);
-    }
-    if (tty && info.contains("ram")) {
-      const json& ram = info["ram"];
-      std::fprintf(stderr,
-                   "\r  %-9s pass %-3lld remaining %-11s bandwidth %-12s dirty rate %s/s   ",
-                   status.c_str(), static_cast<long long>(ram.value("dirty-sync-count", 0)),
-                   FormatBytes(ram.value("remaining", 0.0)).c_str(),
-                   (FormatBytes(ram.value("mbps", 0.0) * 1e6 / 8) + "/s").c_str(),
-                   FormatBytes(ram.value("dirty-pages-rate", 0.0) * 4096).c_str());
-    }
+    status = follow.Step();
+    if (tty) follow.PrintProgress();
   }
+  follow.ReleaseThrottle();
+  const json& info = follow.info();
   if (tty) std::fprintf(stderr, "\n");
   std::optional<endpoint::SourceStreamReport> stream;
   std::string endpoint_error;
@@ -233,7 +436,8 @@ int RunMigrate(const MigrateArgs& a) {
       ev.ok()) {
     resume = ev->timestamp;
   }
-  auto stop = src->TakeEvent("STOP");
+  std::optional<QmpClient::Event> stop = follow.stop();
+  if (!stop) stop = src->TakeEvent("STOP");
 
   json report;
   report["outcome"] = "completed";
@@ -242,11 +446,19 @@ int RunMigrate(const MigrateArgs& a) {
   report["lanes"] = stream ? stream->lanes : 0;
   report["transport_note"] = stream ? stream->transport_note : "";
   report["blackout_budget_ms"] = *budget_ms;
+  report["downtime_limit_ms"] = downtime_limit_ms;
+  report["max_bandwidth_Bps"] = *bandwidth;
+  report["throttle_actuator"] =
+      actuator ? actuator->name() : (a.auto_converge ? "qemu-auto-converge" : "none");
+  if (!actuator_note.empty()) report["throttle_note"] = actuator_note;
+  report["peak_throttle_pct"] = follow.peak_throttle() * 100;
+  report["throttle_seconds"] = follow.throttle_seconds();
+  report["predicted_blackout_ms"] = follow.predicted_blackout_ms();
   const json& ram = info.contains("ram") ? info["ram"] : json::object();
-  report["qemu_downtime_ms"] = info.value("downtime", 0);
-  report["bytes"] = ram.value("transferred", 0);
-  report["pages"] = ram.value("normal", 0) + ram.value("duplicate", 0);
-  report["passes"] = ram.value("dirty-sync-count", 0);
+  report["qemu_downtime_ms"] = info.value("downtime", int64_t{0});
+  report["bytes"] = ram.value("transferred", int64_t{0});
+  report["pages"] = ram.value("normal", int64_t{0}) + ram.value("duplicate", int64_t{0});
+  report["passes"] = ram.value("dirty-sync-count", int64_t{0});
   if (resume && stop) {
     report["blackout_ms"] = (*resume - stop->timestamp) * 1000;
     report["total_ms"] = (*resume - t_migrate) * 1000;
@@ -280,9 +492,14 @@ int RunMigrate(const MigrateArgs& a) {
   } else if (report["blackout_ms"].is_null()) {
     std::printf("  blackout    not measured: the destination was started paused (-S)\n");
   } else {
-    std::printf("  blackout    %.0f ms (destination RESUME - source STOP), budget %llu ms\n",
-                report["blackout_ms"].get<double>(), static_cast<unsigned long long>(*budget_ms));
+    std::printf(
+        "  blackout    %.0f ms (destination RESUME - source STOP), budget %.0f ms, "
+        "predicted %.0f ms\n",
+        report["blackout_ms"].get<double>(), *budget_ms, follow.predicted_blackout_ms());
   }
+  std::printf("  throttle    peak %.0f%%, %.2f throttle-seconds (%s)\n",
+              follow.peak_throttle() * 100, follow.throttle_seconds(),
+              report["throttle_actuator"].get<std::string>().c_str());
   std::printf("  QEMU downtime %lld ms, %s sent in %lld pages over %lld passes\n",
               static_cast<long long>(report["qemu_downtime_ms"].get<int64_t>()),
               FormatBytes(report["bytes"].get<double>()).c_str(),
@@ -314,10 +531,25 @@ std::function<int()> AddMigrateCommand(CLI::App& app) {
   cmd->add_option("--lanes", a->lanes, "lanes")->check(CLI::Range(1, 16))->capture_default_str();
   cmd->add_option("--transport", a->transport, "auto, rdma or tcp")->capture_default_str();
   cmd->add_option("--blackout-budget", a->blackout_budget,
-                  "the longest acceptable blackout; sets QEMU's downtime-limit")
+                  "the longest acceptable blackout; QEMU's downtime-limit is set from it less "
+                  "--fixed-cost, with a margin (--native: the budget itself)")
       ->capture_default_str();
-  cmd->add_option("--max-bandwidth", a->max_bandwidth, "QEMU's max-bandwidth (bytes/s)")
+  cmd->add_option("--fixed-cost", a->fixed_cost,
+                  "the blackout's fixed part: stop, fence, destination load, resume (the report "
+                  "of a run shows the measured value)")
       ->capture_default_str();
+  cmd->add_option("--max-bandwidth", a->max_bandwidth,
+                  "hold the link to this rate, e.g. 100M/s or 1Gbit: rdmig's engine paces its "
+                  "lanes (--native: QEMU's max-bandwidth); default no limit");
+  cmd->add_option("--throttle", a->throttle,
+                  "vCPU throttle actuator: auto (dirty-limit, else cgroup, else cpu-throttle), "
+                  "dirty-limit, cgroup, cpu-throttle, or off")
+      ->capture_default_str();
+  cmd->add_flag("--auto-converge", a->auto_converge,
+                "--native baseline: turn on QEMU's auto-converge with its default parameters");
+  cmd->add_option("--timeline", a->timeline,
+                  "write JSON samples every 100 ms to FILE: remaining bytes, dirty rate, "
+                  "bandwidth, throttle, predicted blackout, pass (see `rdmig plot`)");
   cmd->add_option("--timeout", a->timeout_s, "seconds before the migration is cancelled")
       ->capture_default_str();
   cmd->add_option("--json", a->json,

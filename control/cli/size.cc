@@ -46,6 +46,51 @@ Result<uint64_t> ParseSize(std::string_view text) {
   return static_cast<uint64_t>(bytes);
 }
 
+Result<double> ParseRate(std::string_view text) {
+  std::string t(text);
+  for (const char* per_s : {"/s", "ps"}) {
+    if (t.size() > 2 && t.substr(t.size() - 2) == per_s) t.resize(t.size() - 2);
+  }
+  std::string lower;
+  for (char c : t) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (lower.size() > 3 && lower.substr(lower.size() - 3) == "bit") {
+    const std::string number = lower.substr(0, lower.size() - 4);
+    const char unit = lower[lower.size() - 4];
+    const double mult = unit == 'k' ? 1e3 : unit == 'm' ? 1e6 : unit == 'g' ? 1e9 : 0;
+    char* end = nullptr;
+    const double v = std::strtod(number.c_str(), &end);
+    if (mult == 0 || number.empty() || end != number.c_str() + number.size() || v <= 0) {
+      return Error(Code::kInvalidArgument,
+                   "bad rate '" + std::string(text) + "': want e.g. 100Gbit, 800Mbit or 2G/s");
+    }
+    return v * mult / 8;
+  }
+  auto bytes = ParseSize(t);
+  if (!bytes.ok()) {
+    return Error(Code::kInvalidArgument,
+                 "bad rate '" + std::string(text) + "': want e.g. 2G/s, 100MiB/s or 100Gbit");
+  }
+  return static_cast<double>(*bytes);
+}
+
+Result<double> ParseMillis(std::string_view text) {
+  std::string t(text);
+  double scale = 1;
+  if (t.size() > 2 && t.substr(t.size() - 2) == "ms") {
+    t.resize(t.size() - 2);
+  } else if (!t.empty() && t.back() == 's') {
+    t.pop_back();
+    scale = 1000;
+  }
+  char* end = nullptr;
+  const double v = std::strtod(t.c_str(), &end);
+  if (t.empty() || end != t.c_str() + t.size() || v < 0) {
+    return Error(Code::kInvalidArgument,
+                 "bad duration '" + std::string(text) + "': want e.g. 500ms or 0.5s");
+  }
+  return v * scale;
+}
+
 std::string FormatBytes(double bytes) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   int u = 0;

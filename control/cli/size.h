@@ -11,6 +11,11 @@ namespace rdmig::cli {
 
 // Binary units (K = 1024). Rejects negative, empty, unknown suffixes and overflow.
 Result<uint64_t> ParseSize(std::string_view text);
+// A rate in bytes/s: a size per second ("2G/s", "100MiB/s", "100M") or bits per second in
+// decimal units, as links are quoted ("100Gbit", "25Gbit/s", "800Mbit").
+Result<double> ParseRate(std::string_view text);
+// A duration in milliseconds: "500ms", "0.5s", "2s".
+Result<double> ParseMillis(std::string_view text);
 // "1.00 GiB", "512.0 KiB", "17 B".
 std::string FormatBytes(double bytes);
 

@@ -20,5 +20,22 @@ TEST(ParseSize, UnitsAndErrors) {
   EXPECT_EQ(FormatBytes(17), "17 B");
 }
 
+TEST(Rate, BytesPerSecondOrDecimalBits) {
+  EXPECT_EQ(*ParseRate("2G/s"), 2.0 * (1 << 30));
+  EXPECT_EQ(*ParseRate("100MiB/s"), 100.0 * (1 << 20));
+  EXPECT_EQ(*ParseRate("100Gbit"), 12.5e9);
+  EXPECT_EQ(*ParseRate("800Mbit/s"), 100e6);
+  EXPECT_FALSE(ParseRate("fast").ok());
+  EXPECT_FALSE(ParseRate("100Xbit").ok());
+  EXPECT_EQ(*ParseRate("0"), 0);
+}
+
+TEST(Millis, MillisecondsOrSeconds) {
+  EXPECT_EQ(*ParseMillis("500ms"), 500);
+  EXPECT_EQ(*ParseMillis("0.5s"), 500);
+  EXPECT_FALSE(ParseMillis("soon").ok());
+  EXPECT_FALSE(ParseMillis("-1s").ok());
+}
+
 }  // namespace
 }  // namespace rdmig::cli

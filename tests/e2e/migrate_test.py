@@ -45,7 +45,8 @@ def migrate_case(rdmig, guest_dir, rate, mode, xbzrle=False):
                                   capabilities=[{"capability": "xbzrle", "state": True}])
             recv = t.start_receive(rdmig, work, f"unix:{work}/in.sock", mode, dst.ram_path)
             m = run_migrate(rdmig, src, dst, recv, work,
-                            ["--blackout-budget", "20ms"] if xbzrle else [])
+                            ["--blackout-budget", "20ms", "--fixed-cost", "0ms", "--throttle", "off"]
+                            if xbzrle else [])
             print(m.stdout.strip())
             if m.returncode != 0:
                 print("rdmig migrate failed:", m.stderr)

@@ -276,3 +276,58 @@ def start_receive(rdmig, work, to_qemu, mode, ram_path=None, extra=()):
     line = e.wait_line("listening on", 20)
     e.port = int(line.split("listening on ")[1].split()[0].rsplit(":", 1)[1])
     return e
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def migrate_guest(rdmig, guest_dir, kind, wss_mib, rate_mib, extra=(), compare=False,
+                  timeout=600):
+    """One live migration of the built-in guest, driven and measured by `rdmig migrate`.
+
+    kind: "rdmig" (rdmig receive in direct mode, TCP lanes) or "native" (QEMU's own tcp:).
+    extra: more `rdmig migrate` arguments (--max-bandwidth, --throttle, --auto-converge, ...).
+    compare: start the destination paused, compare its RAM with the source's page by page, then
+    let it run and check its own verification. Without it the destination runs at once, so the
+    report's blackout is RESUME - STOP.
+    Returns (report dict, timeline dict or None, pages differing or None, verdict or None);
+    raises if the migration fails."""
+    work = tempfile.mkdtemp(prefix="rdmig-mig-")
+    recv = None
+    try:
+        with Guest(guest_dir, "src", wss_mib=wss_mib, rate_mib=rate_mib, workdir=work) as src, \
+             Guest(guest_dir, "dst", incoming="defer", paused=compare, workdir=work) as dst:
+            src.wait_ready()
+            src.console.expect("HB t=", 10)
+            args = [rdmig, "migrate", "--source-qmp", src.qmp2_path, "--dest-qmp", dst.qmp2_path,
+                    "--json", f"{work}/r.json", "--timeline", f"{work}/timeline.json",
+                    "--timeout", str(timeout), *extra]
+            if kind == "native":
+                uri = f"tcp:127.0.0.1:{free_port()}"
+                args += ["--native", uri, "--dest-incoming", uri]
+            else:
+                recv = start_receive(rdmig, work, f"unix:{work}/in.sock", "direct", dst.ram_path)
+                args += ["--to", f"127.0.0.1:{recv.port}", "--dest-incoming", f"unix:{work}/in.sock"]
+            m = subprocess.run(args, capture_output=True, text=True, timeout=timeout + 60)
+            if m.returncode != 0:
+                raise RuntimeError(f"{kind} migration failed: {m.stderr[-2000:]}")
+            report = json.load(open(f"{work}/r.json"))
+            timeline = json.load(open(f"{work}/timeline.json"))
+            differ = verdict = None
+            if compare:
+                differ = compare_ram(src.ram_path, dst.ram_path)
+                dst.qmp.execute("cont")
+                verdict = dst.verify()
+            dst.console.expect("HB t=", 30)  # the destination guest runs
+            if b"CORRUPT" in dst.console.everything:
+                verdict = "CORRUPT seen on the destination console"
+            return report, timeline, differ, verdict
+    finally:
+        if recv:
+            recv.kill()
+        shutil.rmtree(work, ignore_errors=True)

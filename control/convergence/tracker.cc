@@ -1,0 +1,59 @@
+#include "control/convergence/tracker.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace rdmig::convergence {
+
+std::optional<PassObservation> DirtyRateTracker::Add(const Sample& s) {
+  if (!have_last_) {
+    have_last_ = true;
+    last_ = s;
+    sync_count_ = s.sync_count;
+    return std::nullopt;
+  }
+  const double dt = s.t - last_.t;
+  if (dt <= 0) return std::nullopt;
+  // An exponentially weighted average with a time constant of about one second.
+  const double instant = std::max(0.0, s.transferred - last_.transferred) / dt;
+  const double w = 1.0 - std::exp(-dt / 1.0);
+  bandwidth_ = bandwidth_ == 0 ? instant : bandwidth_ + w * (instant - bandwidth_);
+  throttle_seconds_in_pass_ += last_.throttle * dt;
+  window_.emplace_back(s.t, s.transferred);
+  while (window_.size() > 2 && s.t - window_[1].first >= 1.0) window_.pop_front();
+  const double span = s.t - window_.front().first;
+  // From half a second in: the first moments carry socket buffers filling, not the link.
+  if (span >= 0.9 && window_.front().first >= 0.5) {
+    peak_bandwidth_ = std::max(peak_bandwidth_, (s.transferred - window_.front().second) / span);
+  }
+
+  std::optional<PassObservation> obs;
+  // dirty-sync-count is 1 after the sync that starts the migration; each later sync ends a pass.
+  if (s.sync_count > sync_count_ && sync_count_ >= 1) {
+    PassObservation o;
+    pass_ = static_cast<int>(s.sync_count - 1);
+    o.pass = pass_;
+    o.duration_s = s.t - pass_start_t_;
+    // The sync happened somewhere in (last_.t, s.t]; what was sent since it is gone from
+    // `remaining` already: put back half the interval's bytes.
+    o.dirty_bytes =
+        static_cast<uint64_t>(s.remaining + std::max(0.0, s.transferred - last_.transferred) / 2);
+    o.bandwidth = std::max(
+        peak_bandwidth_, o.duration_s > 0 ? (s.transferred - pass_start_bytes_) / o.duration_s : 0);
+    o.throttle = o.duration_s > 0 ? throttle_seconds_in_pass_ / o.duration_s : s.throttle;
+    dirty_rate_ = o.duration_s > 0 ? static_cast<double>(o.dirty_bytes) / o.duration_s : 0;
+    obs = o;
+    pass_start_t_ = s.t;
+    pass_start_bytes_ = s.transferred;
+    throttle_seconds_in_pass_ = 0;
+  } else if (sync_count_ < 1 && s.sync_count >= 1) {
+    pass_start_t_ = last_.t;  // the first pass starts with the first sync
+    pass_start_bytes_ = last_.transferred;
+    throttle_seconds_in_pass_ = 0;
+  }
+  sync_count_ = std::max(sync_count_, s.sync_count);
+  last_ = s;
+  return obs;
+}
+
+}  // namespace rdmig::convergence

@@ -1,0 +1,53 @@
+// The dirty-rate tracker: turns samples of a running migration (QEMU's query-migrate plus the bytes
+// the engine put on the wire) into pass observations for the controller and the live figures of
+// the timeline: bandwidth, dirty rate, predicted blackout.
+// A pass ends at a dirty-bitmap sync, which query-migrate shows as dirty-sync-count going up; the
+// dirty bytes the sync found are query-migrate's `remaining` right after it.
+// Thread-safety: not thread-safe; owned by the thread that follows the migration.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <utility>
+
+#include "control/convergence/controller.h"
+
+namespace rdmig::convergence {
+
+struct Sample {
+  double t = 0;            // seconds since the migrate command
+  int64_t sync_count = 0;  // QEMU's ram.dirty-sync-count
+  double remaining = 0;    // QEMU's ram.remaining: dirty bytes not yet sent
+  double transferred = 0;  // bytes on the link so far
+  double throttle = 0;     // the throttle in force (0..1)
+};
+
+class DirtyRateTracker {
+ public:
+  // Returns the observation of the pass that ended, when this sample shows a sync.
+  std::optional<PassObservation> Add(const Sample& s);
+
+  // Bytes/s on the link over the last second or so (0 until two samples).
+  double bandwidth() const { return bandwidth_; }
+  // Bytes/s dirtied during the last pass (distinct pages over its duration).
+  double dirty_rate() const { return dirty_rate_; }
+  int pass() const { return pass_; }  // passes completed
+  // The most the link carried over any one-second window: its capacity when something filled it.
+  double peak_bandwidth() const { return peak_bandwidth_; }
+
+ private:
+  bool have_last_ = false;
+  Sample last_;
+  double bandwidth_ = 0;
+  double peak_bandwidth_ = 0;
+  std::deque<std::pair<double, double>> window_;  // (t, transferred) over the last second
+  double dirty_rate_ = 0;
+  int pass_ = 0;
+  int64_t sync_count_ = 0;
+  double pass_start_t_ = 0;
+  double pass_start_bytes_ = 0;
+  double throttle_seconds_in_pass_ = 0;
+};
+
+}  // namespace rdmig::convergence

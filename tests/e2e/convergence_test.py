@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Convergence, live: the built-in guest migrated through rdmig over a link held down by
+`--max-bandwidth`, with the throttle controller on, and `rdmig plan`'s prediction for the same
+guest and link checked against each measured run.
+
+Configurations (guest RAM 524280K; "used" = the working set plus the guest's own ~26 MiB):
+  heavy    128 MiB dirtied at 150 MiB/s, link 64 MiB/s: the link cannot keep up, the controller
+           must throttle; memory compared page by page, the destination's self-check passes, and
+           the blackout (to the destination's load complete; it starts paused) is within budget.
+  moderate 64 MiB dirtied at 20 MiB/s, link 50 MiB/s: converges unthrottled in a few passes.
+  idle     192 MiB working set, not dirtied, link 80 MiB/s: one pass and the switchover.
+For each: |plan total - measured total| <= 25% of the measured total.
+
+    convergence_test.py RDMIG GUEST_DIR [CONFIG ...]"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import rdmig_testlib as t  # noqa: E402
+
+GUEST_BASE_MIB = 26  # what the guest's kernel, initrd and workload hold besides the working set
+BUDGET_MS = 500
+CONFIGS = {  # name: (working set MiB, dirty MiB/s, link MiB/s, must throttle)
+    "heavy": (128, 150, 64, True),
+    "moderate": (64, 20, 50, False),
+    "idle": (192, 0, 80, False),
+}
+
+
+def plan(rdmig, wss, rate, link):
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        p = subprocess.run([rdmig, "plan", "--ram", t.RAM, "--used", f"{wss + GUEST_BASE_MIB}M",
+                            "--wws", f"{wss}M", "--dirty-rate", f"{rate}M/s",
+                            "--bandwidth", f"{link}M/s", "--budget", f"{BUDGET_MS}ms",
+                            "--json", f.name], capture_output=True, text=True, timeout=30)
+        print(p.stdout.rstrip())
+        if p.returncode != 0:
+            raise RuntimeError(f"rdmig plan failed: {p.stderr}")
+        return json.load(open(f.name))["with_throttle"]
+
+
+def run_config(rdmig, guest_dir, name):
+    wss, rate, link, must_throttle = CONFIGS[name]
+    predicted = plan(rdmig, wss, rate, link)
+    report, timeline, differ, verdict = t.migrate_guest(
+        rdmig, guest_dir, "rdmig", wss, rate, compare=True, timeout=180,
+        extra=["--max-bandwidth", f"{link}M/s", "--blackout-budget", f"{BUDGET_MS}ms"])
+    measured_s = report["total_ms"] / 1000
+    blackout = report.get("blackout_to_load_ms")
+    error = abs(predicted["total_s"] - measured_s) / measured_s
+    print(f"{name}: measured total {measured_s:.2f} s, {report['passes']} QEMU syncs, blackout to "
+          f"load {blackout:.0f} ms, peak throttle {report['peak_throttle_pct']:.0f}% "
+          f"({report['throttle_actuator']}), {report['throttle_seconds']:.2f} throttle-seconds; "
+          f"plan total {predicted['total_s']:.2f} s ({error * 100:.0f}% off, limit 25%)")
+    print(f"{name}: RAM {differ} pages differ; destination guest: {verdict}")
+    samples = timeline["samples"]
+    gaps = [b["t_s"] - a["t_s"] for a, b in zip(samples, samples[1:])]
+    ok = True
+    if differ != 0 or not (verdict or "").startswith("VERIFY OK"):
+        ok = False
+    if blackout is None or blackout > BUDGET_MS:
+        print(f"{name}: blackout {blackout} ms over the {BUDGET_MS} ms budget")
+        ok = False
+    if error > 0.25:
+        ok = False
+    if must_throttle and report["peak_throttle_pct"] <= 0:
+        print(f"{name}: the link cannot keep up, yet nothing was throttled")
+        ok = False
+    if not samples or max(gaps, default=0) > 0.25:
+        print(f"{name}: timeline samples {len(samples)}, largest gap {max(gaps, default=0):.3f} s")
+        ok = False
+    return ok
+
+
+def main(rdmig, guest_dir, *names):
+    failed = 0
+    chosen = names or list(CONFIGS)
+    for name in chosen:
+        start = time.monotonic()
+        try:
+            ok = run_config(rdmig, guest_dir, name)
+        except Exception as e:  # a harness error fails the configuration, the others still run
+            print(f"{name}: {type(e).__name__}: {e}")
+            ok = False
+        print(f"{'PASS' if ok else 'FAIL'} {name} ({time.monotonic() - start:.1f} s)\n", flush=True)
+        failed += not ok
+    print(f"{len(chosen) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))
