@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -85,6 +86,11 @@ class SourceEndpointThread {
   Result<endpoint::SourceStreamReport> result_{Error(Code::kInternal, "not run")};
 };
 
+// Set by SIGINT/SIGTERM: the operator wants the migration cancelled. The loop that follows the
+// migration cancels it in QEMU, waits for the source to settle, and releases the throttle.
+volatile std::sig_atomic_t g_cancel_signal = 0;
+extern "C" void OnCancelSignal(int sig) { g_cancel_signal = sig; }
+
 int Fail(const MigrateArgs& a, const std::string& what, const Status& s) {
   spdlog::error("{}: {}", what, s.ToString());
   if (!a.json.empty()) {
@@ -155,6 +161,23 @@ class Follower {
   double throttle_seconds() const { return throttle_seconds_; }
   double predicted_blackout_ms() const { return predicted_at_stop_ms_; }
   int passes_observed() const { return tracker_.pass(); }
+  const json& passes() const { return passes_; }
+  double link_bandwidth() const { return tracker_.peak_bandwidth(); }
+
+  // Bytes on the link at time t (seconds since the migrate command), from the samples.
+  double TransferredAt(double t) const {
+    double before_t = 0, before_b = 0;
+    for (const json& x : samples_) {
+      const double xt = x["t_s"].get<double>(), xb = x["transferred_bytes"].get<double>();
+      if (xt >= t) {
+        if (xt == before_t) return xb;
+        return before_b + (xb - before_b) * (t - before_t) / (xt - before_t);
+      }
+      before_t = xt;
+      before_b = xb;
+    }
+    return before_b;
+  }
 
   void PrintProgress() const {
     if (!info_.contains("ram")) return;
@@ -197,6 +220,8 @@ class Follower {
     s.transferred =
         stats_ ? static_cast<double>(stats_->wire_bytes.load()) : ram.value("transferred", 0.0);
     s.throttle = throttle_;
+    s.qemu_bandwidth = ram.value("mbps", 0.0) * 1e6 / 8;
+    s.pages = stats_ ? stats_->pages.load() : 0;
     if (have_last_t_) throttle_seconds_ += last_throttle_ * (t - last_t_);
     have_last_t_ = true;
     last_t_ = t;
@@ -204,6 +229,16 @@ class Follower {
     peak_throttle_ = std::max(peak_throttle_, throttle_);
 
     auto obs = tracker_.Add(s);
+    if (obs) {
+      passes_.push_back({{"pass", obs->pass},
+                         {"end_s", t},
+                         {"duration_s", obs->duration_s},
+                         {"sent_bytes", obs->sent_bytes},
+                         {"pages", obs->pages},
+                         {"dirty_bytes_after", obs->dirty_bytes},
+                         {"bandwidth_Bps", obs->bandwidth},
+                         {"throttle_pct", obs->throttle * 100}});
+    }
     if (obs && controller_ && actuator_ && !stop_ && status_ == "active") {
       const double p = controller_->OnPass(*obs);
       const double rate = controller_->capacity() * (1 - p);
@@ -248,6 +283,7 @@ class Follower {
   double info_time_ = 0;  // when info_ was answered
   std::optional<QmpClient::Event> stop_;
   json samples_ = json::array();
+  json passes_ = json::array();
   bool dirty_rate_pending_ = false;
   double hint_ = 0;
   double throttle_ = 0;
@@ -261,6 +297,20 @@ class Follower {
 };
 
 int RunMigrate(const MigrateArgs& a) {
+  // Ctrl-C (or SIGTERM) cancels the migration cleanly: nothing is left throttled or behind.
+  struct sigaction sa = {};
+  sa.sa_handler = OnCancelSignal;
+  sigemptyset(&sa.sa_mask);
+  struct sigaction old_int, old_term;
+  sigaction(SIGINT, &sa, &old_int);
+  sigaction(SIGTERM, &sa, &old_term);
+  struct RestoreSignals {
+    struct sigaction i, t;
+    ~RestoreSignals() {
+      sigaction(SIGINT, &i, nullptr);
+      sigaction(SIGTERM, &t, nullptr);
+    }
+  } restore{old_int, old_term};
   auto budget_ms = ParseMillis(a.blackout_budget);
   auto fixed_ms = ParseMillis(a.fixed_cost);
   Result<double> bandwidth =
@@ -389,14 +439,20 @@ int RunMigrate(const MigrateArgs& a) {
   const bool tty = isatty(STDERR_FILENO);
   const auto deadline = Clock::now() + timeout;
   std::string status = "active";
+  std::string cancel_reason;
   while (status != "completed" && status != "failed" && status != "cancelled") {
-    if (Clock::now() > deadline) {
-      (void)src->Execute("migrate_cancel");
-      return Fail(a, "migration",
-                  Error(Code::kTimeout, "still " + status + " after the timeout; cancelled"));
+    if (cancel_reason.empty() && (Clock::now() > deadline || g_cancel_signal != 0)) {
+      cancel_reason = g_cancel_signal != 0 ? std::string("cancelled on ") +
+                                                 (g_cancel_signal == SIGINT ? "SIGINT" : "SIGTERM")
+                                           : "still " + status + " after the --timeout; cancelled";
+      if (auto r = src->Execute("migrate_cancel"); !r.ok()) {
+        spdlog::error("migrate_cancel: {}", r.status().ToString());
+      }
     }
     status = follow.Step();
     if (tty) follow.PrintProgress();
+    // A cancel QEMU cannot honour any more (the switchover already started) completes instead.
+    if (!cancel_reason.empty() && Clock::now() > deadline + std::chrono::seconds(30)) break;
   }
   follow.ReleaseThrottle();
   const json& info = follow.info();
@@ -410,6 +466,13 @@ int RunMigrate(const MigrateArgs& a) {
     } else {
       endpoint_error = r.status().ToString();
     }
+  }
+  if (!cancel_reason.empty() && status != "completed") {
+    follow.ReleaseThrottle();
+    return Fail(
+        a, "migration",
+        Error(g_cancel_signal ? Code::kAborted : Code::kTimeout,
+              cancel_reason + " (source QEMU: " + status + "); the source guest keeps running"));
   }
   if (status != "completed") {
     std::string why = "the source QEMU reports " + status;
@@ -454,7 +517,24 @@ int RunMigrate(const MigrateArgs& a) {
   report["peak_throttle_pct"] = follow.peak_throttle() * 100;
   report["throttle_seconds"] = follow.throttle_seconds();
   report["predicted_blackout_ms"] = follow.predicted_blackout_ms();
+  report["pass_records"] = follow.passes();
   const json& ram = info.contains("ram") ? info["ram"] : json::object();
+  // What the blackout was made of: the bytes sent after STOP at the link's rate, and the rest, the
+  // fixed costs (stop, fence, destination load, resume) that --fixed-cost stands for.
+  std::optional<double> fixed_cost_measured;
+  if (stop && follow.link_bandwidth() > 0) {
+    const double final_bytes = stream ? static_cast<double>(stream_stats.wire_bytes.load())
+                                      : ram.value("transferred", 0.0);
+    const double after_stop =
+        std::max(0.0, final_bytes - follow.TransferredAt(stop->timestamp - t_migrate));
+    const double transfer_ms = after_stop / follow.link_bandwidth() * 1000;
+    report["blackout_bytes"] = after_stop;
+    report["blackout_transfer_ms"] = transfer_ms;
+    const double blackout = resume ? (*resume - stop->timestamp) * 1000
+                                   : (dst_done->timestamp - stop->timestamp) * 1000;
+    fixed_cost_measured = blackout - transfer_ms;
+    report["fixed_cost_measured_ms"] = *fixed_cost_measured;
+  }
   report["qemu_downtime_ms"] = info.value("downtime", int64_t{0});
   report["bytes"] = ram.value("transferred", int64_t{0});
   report["pages"] = ram.value("normal", int64_t{0}) + ram.value("duplicate", int64_t{0});
@@ -496,6 +576,14 @@ int RunMigrate(const MigrateArgs& a) {
         "  blackout    %.0f ms (destination RESUME - source STOP), budget %.0f ms, "
         "predicted %.0f ms\n",
         report["blackout_ms"].get<double>(), *budget_ms, follow.predicted_blackout_ms());
+  }
+  if (fixed_cost_measured) {
+    std::printf(
+        "  of which   %.0f ms sending %s at %s/s, %.0f ms fixed costs (stop, fence, load, "
+        "resume; --fixed-cost %.0f ms)\n",
+        report["blackout_transfer_ms"].get<double>(),
+        FormatBytes(report["blackout_bytes"].get<double>()).c_str(),
+        FormatBytes(follow.link_bandwidth()).c_str(), *fixed_cost_measured, *fixed_ms);
   }
   std::printf("  throttle    peak %.0f%%, %.2f throttle-seconds (%s)\n",
               follow.peak_throttle() * 100, follow.throttle_seconds(),

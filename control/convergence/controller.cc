@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "control/convergence/tracker.h"
+
 namespace rdmig::convergence {
 
 double ThrottleController::DowntimeLimitSeconds() const {
@@ -37,8 +39,8 @@ double ThrottleController::OnPass(const PassObservation& obs) {
   bandwidth_ = std::max(bandwidth_, obs.bandwidth);
   const double bw = bandwidth_;
 
-  // Learn. Passes shorter than this are too coarse to measure a rate from.
-  constexpr double kShortestUsefulPass = 0.3;
+  // Learn (passes too short to measure a rate from teach nothing).
+  constexpr double kShortestUsefulPass = DirtyRateTracker::kShortestMeasuredPass;
   // A dirty set close to the largest seen may be the whole working set redirtied: its rate is
   // a lower bound, so it can only raise the estimates.
   const bool saturated = dirty >= 0.9 * working_set_ || obs.pass == 1;
@@ -59,7 +61,9 @@ double ThrottleController::OnPass(const PassObservation& obs) {
   }
   working_set_ = std::max(working_set_, dirty);
 
-  const double target = SwitchoverBytes(bw);
+  // QEMU switches over by its own bandwidth estimate; when that is the lower one, aim by it.
+  const double target =
+      SwitchoverBytes(obs.qemu_bandwidth > 0 ? std::min(obs.qemu_bandwidth, bw) : bw);
   if (dirty <= target) {
     needed_ = obs.throttle;  // QEMU switches over now: keep what got us here
     return throttle_;

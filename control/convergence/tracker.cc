@@ -18,6 +18,11 @@ std::optional<PassObservation> DirtyRateTracker::Add(const Sample& s) {
   const double instant = std::max(0.0, s.transferred - last_.transferred) / dt;
   const double w = 1.0 - std::exp(-dt / 1.0);
   bandwidth_ = bandwidth_ == 0 ? instant : bandwidth_ + w * (instant - bandwidth_);
+  if (s.qemu_bandwidth > 0) {
+    qemu_bandwidth_ = qemu_bandwidth_ == 0
+                          ? s.qemu_bandwidth
+                          : qemu_bandwidth_ + w * (s.qemu_bandwidth - qemu_bandwidth_);
+  }
   throttle_seconds_in_pass_ += last_.throttle * dt;
   window_.emplace_back(s.t, s.transferred);
   while (window_.size() > 2 && s.t - window_[1].first >= 1.0) window_.pop_front();
@@ -41,14 +46,21 @@ std::optional<PassObservation> DirtyRateTracker::Add(const Sample& s) {
     o.bandwidth = std::max(
         peak_bandwidth_, o.duration_s > 0 ? (s.transferred - pass_start_bytes_) / o.duration_s : 0);
     o.throttle = o.duration_s > 0 ? throttle_seconds_in_pass_ / o.duration_s : s.throttle;
-    dirty_rate_ = o.duration_s > 0 ? static_cast<double>(o.dirty_bytes) / o.duration_s : 0;
+    o.qemu_bandwidth = qemu_bandwidth_;
+    o.sent_bytes = static_cast<uint64_t>(std::max(0.0, s.transferred - pass_start_bytes_));
+    o.pages = s.pages - std::min(s.pages, pass_start_pages_);
+    if (o.duration_s >= kShortestMeasuredPass) {
+      dirty_rate_ = static_cast<double>(o.dirty_bytes) / o.duration_s;
+    }
     obs = o;
     pass_start_t_ = s.t;
     pass_start_bytes_ = s.transferred;
+    pass_start_pages_ = s.pages;
     throttle_seconds_in_pass_ = 0;
   } else if (sync_count_ < 1 && s.sync_count >= 1) {
     pass_start_t_ = last_.t;  // the first pass starts with the first sync
     pass_start_bytes_ = last_.transferred;
+    pass_start_pages_ = last_.pages;
     throttle_seconds_in_pass_ = 0;
   }
   sync_count_ = std::max(sync_count_, s.sync_count);

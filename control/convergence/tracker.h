@@ -16,11 +16,13 @@
 namespace rdmig::convergence {
 
 struct Sample {
-  double t = 0;            // seconds since the migrate command
-  int64_t sync_count = 0;  // QEMU's ram.dirty-sync-count
-  double remaining = 0;    // QEMU's ram.remaining: dirty bytes not yet sent
-  double transferred = 0;  // bytes on the link so far
-  double throttle = 0;     // the throttle in force (0..1)
+  double t = 0;               // seconds since the migrate command
+  int64_t sync_count = 0;     // QEMU's ram.dirty-sync-count
+  double remaining = 0;       // QEMU's ram.remaining: dirty bytes not yet sent
+  double transferred = 0;     // bytes on the link so far
+  double throttle = 0;        // the throttle in force (0..1)
+  double qemu_bandwidth = 0;  // QEMU's own estimate, bytes/s (query-migrate mbps); 0: none
+  uint64_t pages = 0;         // page writes posted on lanes so far (0 when not known)
 };
 
 class DirtyRateTracker {
@@ -30,9 +32,12 @@ class DirtyRateTracker {
 
   // Bytes/s on the link over the last second or so (0 until two samples).
   double bandwidth() const { return bandwidth_; }
-  // Bytes/s dirtied during the last pass (distinct pages over its duration).
+  // Bytes/s dirtied during the last pass long enough to measure (distinct pages over its
+  // duration).
   double dirty_rate() const { return dirty_rate_; }
   int pass() const { return pass_; }  // passes completed
+  // Passes shorter than this (a few samples) are too coarse to measure a rate from.
+  static constexpr double kShortestMeasuredPass = 0.3;
   // The most the link carried over any one-second window: its capacity when something filled it.
   double peak_bandwidth() const { return peak_bandwidth_; }
 
@@ -47,6 +52,8 @@ class DirtyRateTracker {
   int64_t sync_count_ = 0;
   double pass_start_t_ = 0;
   double pass_start_bytes_ = 0;
+  uint64_t pass_start_pages_ = 0;
+  double qemu_bandwidth_ = 0;  // averaged like bandwidth_
   double throttle_seconds_in_pass_ = 0;
 };
 

@@ -10,10 +10,14 @@ Configurations (guest RAM 524280K; "used" = the working set plus the guest's own
   moderate 64 MiB dirtied at 20 MiB/s, link 50 MiB/s: converges unthrottled in a few passes.
   idle     192 MiB working set, not dirtied, link 80 MiB/s: one pass and the switchover.
 For each: |plan total - measured total| <= 25% of the measured total.
+Cancel: the heavy guest over a slower link; once rdmig throttles it (its cgroup exists), SIGINT to
+`rdmig migrate`: it exits 1 saying it was cancelled, the source keeps running with its vCPU thread
+back in its own cgroup and no rdmig cgroup left, and its self-check passes.
 
     convergence_test.py RDMIG GUEST_DIR [CONFIG ...]"""
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -76,13 +80,73 @@ def run_config(rdmig, guest_dir, name):
     return ok
 
 
+def throttle_groups():
+    """rdmig's throttle cgroups that exist now."""
+    root = "/sys/fs/cgroup/cpu"
+    found = []
+    for dirpath, dirnames, _ in os.walk(root):
+        found += [os.path.join(dirpath, d) for d in dirnames if d.startswith("rdmig-throttle-")]
+    return found
+
+
+def cancel_case(rdmig, guest_dir):
+    if not os.access("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", os.W_OK):
+        print("cancel: no writable cgroup v1 cpu controller here")
+        return False
+    work = tempfile.mkdtemp(prefix="rdmig-conv-cancel-")
+    recv = None
+    migrate = None
+    try:
+        with t.Guest(guest_dir, "src", wss_mib=128, rate_mib=150, workdir=work) as src, \
+             t.Guest(guest_dir, "dst", incoming="defer", paused=True, workdir=work) as dst:
+            src.wait_ready()
+            src.console.expect("HB t=", 10)
+            vcpu = src.qmp.execute("query-cpus-fast")[0]["thread-id"]
+            home = open(f"/proc/{vcpu}/cgroup").read()
+            recv = t.start_receive(rdmig, work, f"unix:{work}/in.sock", "direct", dst.ram_path)
+            migrate = subprocess.Popen(
+                [rdmig, "migrate", "--source-qmp", src.qmp2_path, "--dest-qmp", dst.qmp2_path,
+                 "--to", f"127.0.0.1:{recv.port}", "--dest-incoming", f"unix:{work}/in.sock",
+                 "--max-bandwidth", "32M/s", "--throttle", "cgroup", "--json", f"{work}/m.json"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 60
+            # Throttled from the end of the first pass: the vCPU thread moves into rdmig's group.
+            while open(f"/proc/{vcpu}/cgroup").read() == home:
+                if time.monotonic() > deadline or migrate.poll() is not None:
+                    print("cancel: the guest was never throttled")
+                    return False
+                time.sleep(0.05)  # polling interval for the cgroup to appear
+            in_group = open(f"/proc/{vcpu}/cgroup").read()
+            print("cancel: throttled; vCPU thread in", [l for l in in_group.split() if ":cpu:" in l])
+            migrate.send_signal(signal.SIGINT)
+            out, err = migrate.communicate(timeout=60)
+            print("cancel: rdmig migrate exit", migrate.returncode, err.strip()[-300:])
+            report = json.load(open(f"{work}/m.json"))
+            status = src.status()
+            left = throttle_groups()
+            back = open(f"/proc/{vcpu}/cgroup").read() == home
+            verdict = src.verify()
+            hb = src.console.expect("HB t=", 15)
+            print(f"cancel: source {status}, vCPU back home: {back}, groups left: {left}, "
+                  f"{verdict}, {hb}")
+            return (migrate.returncode == 1 and "SIGINT" in report.get("error", "") and
+                    status == "running" and back and not left and verdict.startswith("VERIFY OK"))
+    finally:
+        if migrate and migrate.poll() is None:
+            migrate.kill()
+            migrate.wait()
+        if recv:
+            recv.kill()
+        subprocess.run(["rm", "-rf", work])
+
+
 def main(rdmig, guest_dir, *names):
     failed = 0
-    chosen = names or list(CONFIGS)
+    chosen = names or list(CONFIGS) + ["cancel"]
     for name in chosen:
         start = time.monotonic()
         try:
-            ok = run_config(rdmig, guest_dir, name)
+            ok = cancel_case(rdmig, guest_dir) if name == "cancel" else run_config(rdmig, guest_dir, name)
         except Exception as e:  # a harness error fails the configuration, the others still run
             print(f"{name}: {type(e).__name__}: {e}")
             ok = False
