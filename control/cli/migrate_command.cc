@@ -104,12 +104,13 @@ int Fail(const MigrateArgs& a, const std::string& what, const Status& s) {
 // tracker and the throttle controller, drives the actuator, and keeps the timeline.
 class Follower {
  public:
-  // A sample at least every kEventWait + kQueryWait (< 250 ms): when QEMU's monitor is slow to
-  // answer (its main loop is busy, e.g. syncing the dirty bitmap) the sample keeps the last answer
-  // and says how old it is.
-  static constexpr auto kEventWait = std::chrono::milliseconds(80);
-  static constexpr auto kQueryWait = std::chrono::milliseconds(100);
-  static_assert(kEventWait + kQueryWait < std::chrono::milliseconds(250));
+  // A sample every kInterval, and never later than kLatest after the one before: QMP calls are
+  // bounded by what is left of kLatest. When QEMU's monitor is slow to answer (its main loop is
+  // busy, e.g. syncing the dirty bitmap) the sample keeps the last answer and says how old it is.
+  static constexpr auto kInterval = std::chrono::milliseconds(100);
+  static constexpr auto kLatest = std::chrono::milliseconds(200);
+  static constexpr auto kShortestCall = std::chrono::milliseconds(10);
+  static_assert(kInterval < kLatest && kLatest < std::chrono::milliseconds(250));
 
   Follower(QmpClient* src, double t_migrate, const endpoint::SourceStreamStats* stats,
            convergence::ThrottleController* controller, convergence::ThrottleActuator* actuator)
@@ -121,7 +122,12 @@ class Follower {
 
   // One step: waits up to the sample interval for an event, then samples. Returns the status.
   std::string Step() {
-    auto ev = src_->WaitEvent("MIGRATION", kEventWait);
+    const auto due = last_step_ + kInterval, latest = last_step_ + kLatest;
+    auto left = [&](Clock::time_point until) {
+      return std::max(kShortestCall,
+                      std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()));
+    };
+    auto ev = src_->WaitEvent("MIGRATION", left(due));
     if (ev.ok()) status_ = ev->data.value("status", status_);
     if (!stop_) {
       stop_ = src_->TakeEvent("STOP");
@@ -129,14 +135,15 @@ class Follower {
       // (here if the migration fails now, at the destination otherwise).
       if (stop_ && actuator_) ReleaseThrottle();
     }
-    auto q = src_->Execute("query-migrate", nullptr, kQueryWait);
+    auto q = src_->Execute("query-migrate", nullptr, left(latest));
     const double now = WallNow();
     if (q.ok()) {
       info_ = *q;
       info_time_ = now;
       status_ = info_.value("status", status_);
     }
-    if (dirty_rate_pending_) PollDirtyRateHint();
+    if (dirty_rate_pending_ && left(latest) > 2 * kShortestCall) PollDirtyRateHint(left(latest));
+    last_step_ = Clock::now();
     Sample();
     return status_;
   }
@@ -193,8 +200,9 @@ class Follower {
   }
 
  private:
-  void PollDirtyRateHint() {
-    auto r = src_->Execute("query-dirty-rate");
+  void PollDirtyRateHint(std::chrono::milliseconds timeout) {
+    auto r = src_->Execute("query-dirty-rate", nullptr, timeout);
+    if (!r.ok() && r.status().code() == Code::kTimeout) return;  // ask again next time
     if (!r.ok()) {
       dirty_rate_pending_ = false;
       return;
@@ -208,11 +216,9 @@ class Follower {
   void Sample() {
     const json& ram = info_.contains("ram") ? info_["ram"] : json::object();
     const double t = WallNow() - t_migrate_;
-    if (actuator_) {
-      throttle_ = actuator_->current();
-    } else {
-      throttle_ = info_.value("cpu-throttle-percentage", 0.0) / 100;
-    }
+    // The actuator's own setting, or QEMU's throttle (auto-converge, or rdmig steering it).
+    throttle_ = std::max(actuator_ ? actuator_->current() : 0.0,
+                         info_.value("cpu-throttle-percentage", 0.0) / 100);
     convergence::Sample s;
     s.t = t;
     s.sync_count = ram.value("dirty-sync-count", int64_t{0});
@@ -242,7 +248,8 @@ class Follower {
     if (obs && controller_ && actuator_ && !stop_ && status_ == "active") {
       const double p = controller_->OnPass(*obs);
       const double rate = controller_->capacity() * (1 - p);
-      if (p != actuator_->current()) {
+      if (p != requested_) {
+        requested_ = p;
         if (Status st = actuator_->Set(p, rate); !st.ok()) {
           spdlog::warn("vCPU throttle ({}) to {:.0f}%: {}", actuator_->name(), p * 100,
                        st.ToString());
@@ -281,12 +288,14 @@ class Follower {
   std::string status_ = "active";
   json info_ = json::object();
   double info_time_ = 0;  // when info_ was answered
+  Clock::time_point last_step_ = Clock::now();
   std::optional<QmpClient::Event> stop_;
   json samples_ = json::array();
   json passes_ = json::array();
   bool dirty_rate_pending_ = false;
   double hint_ = 0;
   double throttle_ = 0;
+  double requested_ = 0;  // what the controller last asked the actuator for
   double peak_throttle_ = 0;
   double throttle_seconds_ = 0;
   bool have_last_t_ = false;

@@ -31,7 +31,8 @@ class ThrottleActuator {
   virtual Status Set(double throttle, double dirty_rate) = 0;
   // Gives the guest its full speed back. Idempotent.
   virtual Status Release() = 0;
-  // The throttle in force as far as the actuator can tell (0..1).
+  // The throttle in force as far as the actuator can tell (0..1), without asking QEMU; QEMU's own
+  // throttle (query-migrate cpu-throttle-percentage) is the caller's to read.
   virtual double current() const = 0;
 };
 

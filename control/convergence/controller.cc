@@ -58,6 +58,11 @@ double ThrottleController::OnPass(const PassObservation& obs) {
     } else {
       capacity_ = rate / share;  // the throttle bit: this is how fast its CPU share dirties
     }
+  } else if (expected_dirty_ > 0 && obs.throttle > 0) {
+    // A short pass: its duration is too coarse for a rate, but the model said what it would leave
+    // dirty. Correct the capacity by how far off that was (bounded, so one pass cannot swing it).
+    const double ratio = std::clamp(dirty / expected_dirty_, 0.5, 2.0);
+    if (ratio > 1.1 || ratio < 0.9) capacity_ *= ratio;
   }
   working_set_ = std::max(working_set_, dirty);
 
@@ -66,6 +71,7 @@ double ThrottleController::OnPass(const PassObservation& obs) {
       SwitchoverBytes(obs.qemu_bandwidth > 0 ? std::min(obs.qemu_bandwidth, bw) : bw);
   if (dirty <= target) {
     needed_ = obs.throttle;  // QEMU switches over now: keep what got us here
+    expected_dirty_ = 0;
     return throttle_;
   }
   // Aim below the threshold so that a guest a little busier than measured still makes it.
@@ -106,6 +112,8 @@ double ThrottleController::OnPass(const PassObservation& obs) {
     }
   }
   if (needed_ > throttle_ || needed_ < throttle_ - config_.hysteresis) throttle_ = needed_;
+  double unused = 0;
+  expected_dirty_ = after(throttle_, 1, &unused);
   return throttle_;
 }
 

@@ -82,8 +82,9 @@ class ThrottleController {
   double demand_ = 0;
   bool demand_known_ = false;  // measured by an unthrottled pass that did not saturate
   double hint_ = 0;
-  double working_set_ = 0;  // the largest dirty set seen
-  double bandwidth_ = 0;    // the best the link has shown
+  double working_set_ = 0;     // the largest dirty set seen
+  double bandwidth_ = 0;       // the best the link has shown
+  double expected_dirty_ = 0;  // what the model said the next pass would leave dirty
 };
 
 }  // namespace rdmig::convergence

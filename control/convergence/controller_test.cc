@@ -139,6 +139,26 @@ TEST(ThrottleController, KeepsTheThrottleOnNoise) {
   EXPECT_TRUE(found);
 }
 
+TEST(ThrottleController, ShortPassesCorrectTheModelByItsOwnPrediction) {
+  // Passes shorter than the sampling can time still show whether the model was right: one that
+  // leaves twice what was predicted doubles the capacity estimate; one as predicted changes
+  // nothing.
+  const double bw = 100 * MiB;
+  ThrottleController c(ControllerConfig{});
+  double p = c.OnPass({1, 3.0, static_cast<uint64_t>(256 * MiB), bw, 0});
+  // Pass 2 (2.56 s) leaves more than the threshold, so a short pass 3 follows.
+  p = c.OnPass({2, 2.56, static_cast<uint64_t>(60 * MiB), bw, p});
+  const double capacity = c.capacity();
+  const double expected = c.RateAt(p) * (60 * MiB / bw);
+  ThrottleController worse = c;
+  const double p_worse = worse.OnPass({3, 0.1, static_cast<uint64_t>(2 * expected), bw, p});
+  EXPECT_NEAR(worse.capacity(), 2 * capacity, capacity * 1e-6);
+  ThrottleController right = c;
+  (void)right.OnPass({3, 0.1, static_cast<uint64_t>(expected), bw, p});
+  EXPECT_EQ(right.capacity(), capacity);
+  EXPECT_GE(p_worse, p);  // and the throttle does not come down
+}
+
 TEST(ThrottleController, ReleasesWhenTheDemandDrops) {
   // The guest stops dirtying hard 4 s in; the controller must not hold a high throttle after.
   GuestModel g = HeavyGuest();

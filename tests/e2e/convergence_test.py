@@ -7,9 +7,11 @@ Configurations (guest RAM 524280K; "used" = the working set plus the guest's own
   heavy    128 MiB dirtied at 150 MiB/s, link 64 MiB/s: the link cannot keep up, the controller
            must throttle; memory compared page by page, the destination's self-check passes, and
            the blackout (to the destination's load complete; it starts paused) is within budget.
-  moderate 64 MiB dirtied at 20 MiB/s, link 50 MiB/s: converges unthrottled in a few passes.
+  moderate 64 MiB dirtied at 10 MiB/s, link 50 MiB/s: converges unthrottled in a few passes.
   idle     192 MiB working set, not dirtied, link 80 MiB/s: one pass and the switchover.
 For each: |plan total - measured total| <= 25% of the measured total.
+  heavy-cpu-throttle  the heavy guest with QEMU's cpu-throttle as the actuator (works on TCG too):
+           converges within budget, memory identical.
 Cancel: the heavy guest over a slower link; once rdmig throttles it (its cgroup exists), SIGINT to
 `rdmig migrate`: it exits 1 saying it was cancelled, the source keeps running with its vCPU thread
 back in its own cgroup and no rdmig cgroup left, and its self-check passes.
@@ -28,11 +30,15 @@ import rdmig_testlib as t  # noqa: E402
 
 GUEST_BASE_MIB = 26  # what the guest's kernel, initrd and workload hold besides the working set
 BUDGET_MS = 500
-CONFIGS = {  # name: (working set MiB, dirty MiB/s, link MiB/s, must throttle)
-    "heavy": (128, 150, 64, True),
-    "moderate": (64, 20, 50, False),
-    "idle": (192, 0, 80, False),
+CONFIGS = {  # name: (working set MiB, dirty MiB/s, link MiB/s, must throttle, more arguments)
+    "heavy": (128, 150, 64, True, []),
+    "moderate": (64, 10, 50, False, []),
+    "idle": (192, 0, 80, False, []),
+    # The actuator that works everywhere: QEMU applies it at its next check, up to a second late,
+    # which the plan does not model; only convergence and the blackout are checked.
+    "heavy-cpu-throttle": (128, 150, 64, True, ["--throttle", "cpu-throttle"]),
 }
+PLAN_CHECKED = ("heavy", "moderate", "idle")
 
 
 def plan(rdmig, wss, rate, link):
@@ -48,11 +54,11 @@ def plan(rdmig, wss, rate, link):
 
 
 def run_config(rdmig, guest_dir, name):
-    wss, rate, link, must_throttle = CONFIGS[name]
+    wss, rate, link, must_throttle, more = CONFIGS[name]
     predicted = plan(rdmig, wss, rate, link)
     report, timeline, differ, verdict = t.migrate_guest(
         rdmig, guest_dir, "rdmig", wss, rate, compare=True, timeout=180,
-        extra=["--max-bandwidth", f"{link}M/s", "--blackout-budget", f"{BUDGET_MS}ms"])
+        extra=["--max-bandwidth", f"{link}M/s", "--blackout-budget", f"{BUDGET_MS}ms", *more])
     measured_s = report["total_ms"] / 1000
     blackout = report.get("blackout_to_load_ms")
     error = abs(predicted["total_s"] - measured_s) / measured_s
@@ -69,7 +75,7 @@ def run_config(rdmig, guest_dir, name):
     if blackout is None or blackout > BUDGET_MS:
         print(f"{name}: blackout {blackout} ms over the {BUDGET_MS} ms budget")
         ok = False
-    if error > 0.25:
+    if error > 0.25 and name in PLAN_CHECKED:
         ok = False
     if must_throttle and report["peak_throttle_pct"] <= 0:
         print(f"{name}: the link cannot keep up, yet nothing was throttled")
