@@ -432,13 +432,14 @@ int RunMigrate(const MigrateArgs& a) {
   struct TimelineWriter {
     const std::string& path;
     const Follower& f;
+    double budget_ms;
     ~TimelineWriter() {
       if (path.empty()) return;
       std::ofstream out(path);
-      out << json{{"samples", f.samples()}}.dump(1) << "\n";
+      out << json{{"budget_ms", budget_ms}, {"samples", f.samples()}}.dump(1) << "\n";
       if (!out) spdlog::error("cannot write the timeline to {}", path);
     }
-  } timeline_writer{a.timeline, follow};
+  } timeline_writer{a.timeline, follow, *budget_ms};
   if (auto r = src->Execute("migrate", {{"uri", uri}}); !r.ok()) {
     return Fail(a, "source migrate", r.status());
   }

@@ -157,6 +157,13 @@ int RunPlot(const PlotArgs& a) {
     }
   }
   const std::string title = a.title.empty() ? a.timeline : a.title;
+  std::string budget_line;
+  if (t.contains("budget_ms") && t["budget_ms"].is_number()) {
+    budget_line = "set arrow from graph 0, second " + std::to_string(t["budget_ms"].get<double>()) +
+                  " to graph 1, second " + std::to_string(t["budget_ms"].get<double>()) +
+                  " nohead dt 2 lc rgb 'red'\nset label 'blackout budget' at graph 0.01, second " +
+                  std::to_string(t["budget_ms"].get<double>() * 1.15) + " tc rgb 'red'\n";
+  }
   std::string script =
       "set terminal pngcairo size 1000,760 font ',10'\n"
       "set output '" +
@@ -172,12 +179,12 @@ int RunPlot(const PlotArgs& a) {
       "' using 1:2 with lines lw 2 title 'remaining dirty (MiB)', "
       "'' using 1:3 with lines lw 2 title 'bandwidth (MiB/s)', "
       "'' using 1:4 with steps lw 2 title 'dirty rate, last pass (MiB/s)'\n"
-      "set ylabel 'throttle %'\nset yrange [0:100]\nset y2label 'predicted blackout (ms)'\n"
-      "set y2tics\nset ytics nomirror\n"
-      "plot '" +
-      data +
+      "set ylabel 'throttle %'\nset yrange [0:100]\nset y2label 'predicted blackout (ms, log)'\n"
+      "set y2tics\nset ytics nomirror\nset logscale y2\nset y2range [10:*]\n" +
+      budget_line +
+      "plot '" + data +
       "' using 1:5 with steps lw 2 title 'vCPU throttle (%)', "
-      "'' using 1:6 axes x1y2 with lines lw 1 title 'predicted blackout (ms)'\n"
+      "'' using 1:($6 > 0 ? $6 : 1/0) axes x1y2 with lines lw 1 title 'predicted blackout (ms)'\n"
       "unset multiplot\n";
   FILE* gp = ::popen("gnuplot", "w");
   if (!gp) {

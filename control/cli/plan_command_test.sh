@@ -48,7 +48,7 @@ samples = [{"t_s": i * 0.1, "pass": 1 + i // 20, "remaining_bytes": (100 - i) * 
             "bandwidth_Bps": 100 * 2**20, "dirty_rate_Bps": 50 * 2**20,
             "throttle_pct": 0 if i < 20 else 90, "predicted_blackout_ms": 1000 - 10 * i}
            for i in range(60)]
-json.dump({"samples": samples}, open(sys.argv[1], "w"))
+json.dump({"budget_ms": 500, "samples": samples}, open(sys.argv[1], "w"))
 PY
 "$RDMIG" plot "$tmp/timeline.json" -o "$tmp/t.png"
 [ "$(head -c 4 "$tmp/t.png" | od -An -c | tr -d ' ')" = "211PNG" ] || fail "not a PNG"

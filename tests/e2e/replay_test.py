@@ -14,15 +14,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import rdmig_testlib as t  # noqa: E402
 
 
-def free_port():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def replay(rdmig, guest_dir, fixture, mode, qemu_uri=None):
     work = tempfile.mkdtemp(prefix="rdmig-replay-")
     procs = []
@@ -108,7 +99,7 @@ def main(rdmig, guest_dir, fixtures):
     for name, mode in cases:
         start = time.monotonic()
         # One case feeds the destination QEMU over TCP instead of a unix socket.
-        uri = f"tcp:127.0.0.1:{free_port()}" if (name, mode) == ("idle.stream", "staged") else None
+        uri = f"tcp:127.0.0.1:{t.free_port()}" if (name, mode) == ("idle.stream", "staged") else None
         ok = replay(rdmig, guest_dir, os.path.join(fixtures, name), mode, uri)
         print(f"{'PASS' if ok else 'FAIL'} replay {name} {mode} {uri or 'unix'} "
               f"({time.monotonic() - start:.1f} s)")
