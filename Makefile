@@ -5,8 +5,14 @@ JOBS       ?= $(shell nproc)
 CTEST_ARGS ?=
 RUNS       ?= 5
 CONV_RUNS  ?= 3
+SAN_BUILD  ?= build-sanitize
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 60
+# The unit-test binaries and the rdmig command: what the sanitizer build needs for `ctest -L unit`.
+UNIT_TARGETS = transfer_unit_test tcp_transport_test session_test qmp_test convergence_test cli_test \
+               endpoint_test stream_test stream_endpoints_test rdmig
 
-.PHONY: all deps configure build test demo demo-pages bench bench-rdma bench-migration bench-convergence format clean
+.PHONY: all deps configure build test test-sanitize fuzz demo demo-pages bench bench-rdma bench-migration bench-convergence format clean
 
 all: build
 
@@ -23,6 +29,22 @@ build: configure
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure $(CTEST_ARGS)
+	$(MAKE) --no-print-directory fuzz
+
+# Unit tests built and run with AddressSanitizer and UndefinedBehaviorSanitizer.
+test-sanitize: deps
+	cmake -S . -B $(SAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DRDMIG_SANITIZE=ON \
+	  -DRDMIG_FIXTURES_DIR=$(abspath $(BUILD))/fixtures
+	cmake --build $(SAN_BUILD) -j $(JOBS) --target $(UNIT_TARGETS)
+	cd $(SAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  ctest -L unit -FA '.*' --output-on-failure
+
+# libFuzzer (clang) on the stream reader and the control-message decoder, FUZZ_SECONDS each,
+# seeded from the captured QEMU streams of the main build.
+fuzz: deps
+	CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRDMIG_FUZZ=ON
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_stream_parser fuzz_control_message
+	tests/fuzz/run-fuzzers $(FUZZ_BUILD) $(abspath $(BUILD))/fixtures $(FUZZ_SECONDS)
 
 demo: build
 	scripts/demo-migration $(BUILD)/control/cli/rdmig $(BUILD)/guest

@@ -124,8 +124,20 @@ Result<DestinationStreamReport> RunDestinationStream(session::DestinationListene
   dopts.mode = report.mode;
   dopts.transports = options.transports;
   dopts.rdma_ip = options.rdma_ip;
-  RDMIG_ASSIGN_OR_RETURN(std::unique_ptr<session::DestinationSession> d,
-                         listener.Accept(prepare, dopts));
+  dopts.key = options.key;
+  const auto deadline = std::chrono::steady_clock::now() + options.timeout;
+  Result<std::unique_ptr<session::DestinationSession>> accepted = listener.Accept(prepare, dopts);
+  // A source that cannot authenticate is refused; the endpoint waits on for the right one.
+  while (!accepted.ok() && accepted.status().code() == Code::kPermissionDenied &&
+         std::chrono::steady_clock::now() < deadline) {
+    if (options.on_refused) options.on_refused(accepted.status());
+    dopts.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    accepted = listener.Accept(prepare, dopts);
+  }
+  RDMIG_ASSIGN_OR_RETURN(std::unique_ptr<session::DestinationSession> d, std::move(accepted));
+  // One migration per destination session: a second source gets "connection refused".
+  listener.Close();
   report.transport = d->receiver().capabilities().name;
   RDMIG_ASSIGN_OR_RETURN(Fd qemu, options.connect_qemu());
   bool ended = false;

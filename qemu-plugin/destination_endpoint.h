@@ -47,6 +47,10 @@ struct DestinationStreamOptions {
   std::chrono::milliseconds timeout{30000};
   std::vector<session::TransportKind> transports = {session::TransportKind::kTcp};
   std::string rdma_ip;  // the RDMA device's address, when RDMA may be offered
+  // The shared secret (control/session/auth.h); or none. A source that fails to prove it holds it
+  // is refused (and logged) and the endpoint waits on for the right one, until `timeout`.
+  std::string key;
+  std::function<void(const Status&)> on_refused;  // told of each source refused
   // Opens the connection to the destination QEMU; called once the source is accepted.
   std::function<Result<Fd>()> connect_qemu;
 };

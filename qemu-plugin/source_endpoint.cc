@@ -99,6 +99,7 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
   sopts.timeout = options.timeout;
   sopts.name = "rdmig send";
   sopts.transports = options.transports;
+  sopts.key = options.key;
   RDMIG_ASSIGN_OR_RETURN(std::unique_ptr<session::SourceSession> s,
                          session::SourceSession::Connect(options.destination, layout, sopts));
   Transport& tx = s->transport();

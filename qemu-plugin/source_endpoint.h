@@ -39,6 +39,7 @@ struct SourceStreamOptions {
   // limit. Stands for a slower link: QEMU is held back by the socket, as by a real link.
   uint64_t max_bandwidth = 0;
   SourceStreamStats* stats = nullptr;  // if set, kept current while the migration runs
+  std::string key;  // the shared secret of the control channel (control/session/auth.h); or none
 };
 
 struct SourceStreamReport {

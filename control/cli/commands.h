@@ -12,6 +12,8 @@ std::function<int()> AddBenchCommand(CLI::App& app);
 // `rdmig send` / `rdmig receive`: the source and destination endpoints of a QEMU migration.
 std::function<int()> AddSendCommand(CLI::App& app);
 std::function<int()> AddReceiveCommand(CLI::App& app);
+// `rdmig keygen FILE`: a new shared secret for --key-file.
+std::function<int()> AddKeygenCommand(CLI::App& app);
 // `rdmig migrate`: drives a live migration over QMP through the source endpoint.
 std::function<int()> AddMigrateCommand(CLI::App& app);
 // `rdmig plan`: the pre-copy model's prediction; `rdmig plot`: a timeline as a PNG.

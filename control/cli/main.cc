@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   auto run_migrate = rdmig::cli::AddMigrateCommand(app);
   auto run_probe = rdmig::cli::AddProbeCommand(app);
   auto run_plan = rdmig::cli::AddPlanCommand(app);
+  auto run_keygen = rdmig::cli::AddKeygenCommand(app);
   auto run_plot = rdmig::cli::AddPlotCommand(app);
 
   try {
@@ -40,6 +41,7 @@ int main(int argc, char** argv) {
   if (app.got_subcommand("migrate")) return run_migrate();
   if (app.got_subcommand("probe")) return run_probe();
   if (app.got_subcommand("plan")) return run_plan();
+  if (app.got_subcommand("keygen")) return run_keygen();
   if (app.got_subcommand("plot")) return run_plot();
   return 2;
 }

@@ -21,6 +21,7 @@
 #include "control/convergence/controller.h"
 #include "control/convergence/tracker.h"
 #include "control/qmp/qmp_client.h"
+#include "control/session/auth.h"
 #include "qemu-plugin/source_endpoint.h"
 
 namespace rdmig::cli {
@@ -47,6 +48,7 @@ struct MigrateArgs {
   double timeout_s = 600;
   std::string json;
   std::string timeline;
+  std::string key_file;
 };
 
 // QEMU's max-bandwidth when nothing should limit it (bytes/s).
@@ -324,7 +326,10 @@ int RunMigrate(const MigrateArgs& a) {
   auto fixed_ms = ParseMillis(a.fixed_cost);
   Result<double> bandwidth =
       a.max_bandwidth.empty() ? Result<double>(0.0) : ParseRate(a.max_bandwidth);
-  for (const Status& s : {budget_ms.status(), fixed_ms.status(), bandwidth.status()}) {
+  auto key =
+      a.key_file.empty() ? Result<std::string>(std::string()) : session::LoadKeyFile(a.key_file);
+  for (const Status& s :
+       {budget_ms.status(), fixed_ms.status(), bandwidth.status(), key.status()}) {
     if (!s.ok()) {
       spdlog::error("{}", s.message());
       return 2;
@@ -410,6 +415,7 @@ int RunMigrate(const MigrateArgs& a) {
     opts.destination = *to;
     opts.lanes = a.lanes;
     opts.max_bandwidth = static_cast<uint64_t>(*bandwidth);
+    opts.key = *key;
     opts.stats = &stream_stats;
     auto transports = ChooseTransports(a.transport);
     if (!transports.ok()) return Fail(a, "--transport", transports.status());
@@ -645,6 +651,8 @@ std::function<int()> AddMigrateCommand(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--auto-converge", a->auto_converge,
                 "--native baseline: turn on QEMU's auto-converge with its default parameters");
+  cmd->add_option("--key-file", a->key_file,
+                  "authenticate to `rdmig receive` with the shared secret in FILE (mode 0600)");
   cmd->add_option("--timeline", a->timeline,
                   "write JSON samples every 100 ms to FILE: remaining bytes, dirty rate, "
                   "bandwidth, throttle, predicted blackout, pass (see `rdmig plot`)");

@@ -181,8 +181,7 @@ int RunPlot(const PlotArgs& a) {
       "'' using 1:4 with steps lw 2 title 'dirty rate, last pass (MiB/s)'\n"
       "set ylabel 'throttle %'\nset yrange [0:100]\nset y2label 'predicted blackout (ms, log)'\n"
       "set y2tics\nset ytics nomirror\nset logscale y2\nset y2range [10:*]\n" +
-      budget_line +
-      "plot '" + data +
+      budget_line + "plot '" + data +
       "' using 1:5 with steps lw 2 title 'vCPU throttle (%)', "
       "'' using 1:($6 > 0 ? $6 : 1/0) axes x1y2 with lines lw 1 title 'predicted blackout (ms)'\n"
       "unset multiplot\n";

@@ -11,6 +11,7 @@
 #include "control/cli/commands.h"
 #include "control/cli/size.h"
 #include "control/cli/transport_choice.h"
+#include "control/session/auth.h"
 #include "qemu-plugin/destination_endpoint.h"
 #include "qemu-plugin/source_endpoint.h"
 
@@ -57,14 +58,21 @@ struct SendArgs {
   uint32_t lanes = 4;
   double accept_timeout_s = 600;
   std::string json;
+  std::string key_file;
+  std::string max_bandwidth;
 };
 
 int RunSend(const SendArgs& a) {
   auto dest = ParseHostPort(a.to);
   auto from = ParseQemuEndpoint(a.from);
-  if (!dest.ok() || !from.ok()) {
-    spdlog::error("{}", (!dest.ok() ? dest.status() : from.status()).message());
-    return 2;
+  auto key =
+      a.key_file.empty() ? Result<std::string>(std::string()) : session::LoadKeyFile(a.key_file);
+  auto rate = a.max_bandwidth.empty() ? Result<double>(0.0) : ParseRate(a.max_bandwidth);
+  for (const Status& s : {dest.status(), from.status(), key.status(), rate.status()}) {
+    if (!s.ok()) {
+      spdlog::error("{}", s.message());
+      return 2;
+    }
   }
   Fd qemu;
   if (from->kind == QemuEndpoint::kStdio) {
@@ -90,6 +98,8 @@ int RunSend(const SendArgs& a) {
   endpoint::SourceStreamOptions opts;
   opts.destination = *dest;
   opts.lanes = a.lanes;
+  opts.key = *key;
+  opts.max_bandwidth = static_cast<uint64_t>(*rate);
   auto transports = ChooseTransports(a.transport);
   if (!transports.ok()) {
     spdlog::error("{}", transports.status().message());
@@ -136,16 +146,23 @@ struct ReceiveArgs {
   std::vector<std::string> ram_files;
   double timeout_s = 600;
   std::string json;
+  std::string key_file;
 };
 
 int RunReceive(const ReceiveArgs& a) {
   auto addr = ParseHostPort(a.listen);
   auto to = ParseQemuEndpoint(a.to_qemu);
-  if (!addr.ok() || !to.ok()) {
-    spdlog::error("{}", (!addr.ok() ? addr.status() : to.status()).message());
-    return 2;
+  auto key =
+      a.key_file.empty() ? Result<std::string>(std::string()) : session::LoadKeyFile(a.key_file);
+  for (const Status& s : {addr.status(), to.status(), key.status()}) {
+    if (!s.ok()) {
+      spdlog::error("{}", s.message());
+      return 2;
+    }
   }
   endpoint::DestinationStreamOptions opts;
+  opts.key = *key;
+  opts.on_refused = [](const Status& s) { spdlog::warn("refused a source: {}", s.message()); };
   std::map<std::string, endpoint::MappedFile> ram_files;
   if (a.mode == "direct") {
     opts.mode = endpoint::DestinationStreamOptions::Mode::kDirect;
@@ -249,8 +266,28 @@ std::function<int()> AddSendCommand(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--accept-timeout", a->accept_timeout_s, "seconds to wait for QEMU to connect")
       ->capture_default_str();
+  cmd->add_option("--key-file", a->key_file,
+                  "authenticate with the shared secret in FILE (mode 0600; `rdmig keygen FILE`)");
+  cmd->add_option("--max-bandwidth", a->max_bandwidth,
+                  "hold the link to this rate, e.g. 100M/s or 1Gbit (default: no limit)");
   cmd->add_option("--json", a->json, "also write the report as JSON to FILE");
   return [a] { return RunSend(*a); };
+}
+
+std::function<int()> AddKeygenCommand(CLI::App& app) {
+  auto path = std::make_shared<std::string>();
+  CLI::App* cmd = app.add_subcommand(
+      "keygen", "write a new random shared secret for --key-file (mode 0600, never overwrites)");
+  cmd->add_option("file", *path, "the key file to create")->required();
+  return [path] {
+    if (Status s = session::WriteNewKeyFile(*path); !s.ok()) {
+      spdlog::error("{}", s.ToString());
+      return 1;
+    }
+    std::printf("rdmig keygen: wrote %s (mode 0600); copy it to the other host the same way\n",
+                path->c_str());
+    return 0;
+  };
 }
 
 std::function<int()> AddReceiveCommand(CLI::App& app) {
@@ -275,6 +312,9 @@ std::function<int()> AddReceiveCommand(CLI::App& app) {
                   "(e.g. mem0=/dev/shm/guest.ram); repeatable");
   cmd->add_option("--timeout", a->timeout_s, "seconds without progress before giving up")
       ->capture_default_str();
+  cmd->add_option("--key-file", a->key_file,
+                  "accept only a source that proves it holds the shared secret in FILE (mode "
+                  "0600; `rdmig keygen FILE`)");
   cmd->add_option("--json", a->json, "also write the report as JSON to FILE");
   return [a] { return RunReceive(*a); };
 }

@@ -38,9 +38,11 @@ struct LinkModel {
   double bandwidth = 0;              // bytes/s
   double zero_page_wire_bytes = 16;  // a zero page costs a descriptor, not 4 KiB
   // RAM bytes/s of zero pages the pipeline gets through (QEMU finds them zero, the engine fills
-  // them): 270-300 MiB/s measured with TCG QEMU on the 2-core test machine.
-  double zero_rate = 256.0 * (1 << 20);
-  double setup_s = 0.05;  // migrate command to the first page
+  // them): 285-390 MiB/s measured with TCG QEMU on the 2-core test machine (pass 1 of idle guests).
+  double zero_rate = 300.0 * (1 << 20);
+  // Migrate command to the first page: QEMU's setup and its first bitmap sync, rdmig's session
+  // handshake; 0.2-0.34 s measured on the test machine.
+  double setup_s = 0.25;
 };
 
 struct PassRecord {

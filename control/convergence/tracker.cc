@@ -22,6 +22,9 @@ std::optional<PassObservation> DirtyRateTracker::Add(const Sample& s) {
     qemu_bandwidth_ = qemu_bandwidth_ == 0
                           ? s.qemu_bandwidth
                           : qemu_bandwidth_ + w * (s.qemu_bandwidth - qemu_bandwidth_);
+    // QEMU's figure sags while it sends zero pages (few bytes each); the pass's best is what its
+    // next switchover check will see once it sends data again.
+    qemu_bandwidth_in_pass_ = std::max(qemu_bandwidth_in_pass_, qemu_bandwidth_);
   }
   throttle_seconds_in_pass_ += last_.throttle * dt;
   window_.emplace_back(s.t, s.transferred);
@@ -46,7 +49,8 @@ std::optional<PassObservation> DirtyRateTracker::Add(const Sample& s) {
     o.bandwidth = std::max(
         peak_bandwidth_, o.duration_s > 0 ? (s.transferred - pass_start_bytes_) / o.duration_s : 0);
     o.throttle = o.duration_s > 0 ? throttle_seconds_in_pass_ / o.duration_s : s.throttle;
-    o.qemu_bandwidth = qemu_bandwidth_;
+    o.qemu_bandwidth = qemu_bandwidth_in_pass_;
+    qemu_bandwidth_in_pass_ = 0;
     o.sent_bytes = static_cast<uint64_t>(std::max(0.0, s.transferred - pass_start_bytes_));
     o.pages = s.pages - std::min(s.pages, pass_start_pages_);
     if (o.duration_s >= kShortestMeasuredPass) {

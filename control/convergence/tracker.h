@@ -53,7 +53,8 @@ class DirtyRateTracker {
   double pass_start_t_ = 0;
   double pass_start_bytes_ = 0;
   uint64_t pass_start_pages_ = 0;
-  double qemu_bandwidth_ = 0;  // averaged like bandwidth_
+  double qemu_bandwidth_ = 0;          // averaged like bandwidth_
+  double qemu_bandwidth_in_pass_ = 0;  // the best of qemu_bandwidth_ in the current pass
   double throttle_seconds_in_pass_ = 0;
 };
 

@@ -1,10 +1,13 @@
 #include "control/session/session.h"
 
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <xxhash.h>
 
 #include <random>
 
 #include "control/proto/session.pb.h"
+#include "control/session/auth.h"
 #include "transfer/rdma/rdma_transport.h"
 #include "transfer/tcp/tcp_lanes.h"
 #include "transfer/tcp/tcp_transport.h"
@@ -26,6 +29,20 @@ pb::TransportKind ToPb(TransportKind k) {
 uint64_t NewSessionId() {
   std::random_device rd;
   return (uint64_t{rd()} << 32) ^ rd() ^ 1;
+}
+
+// The Hello as the client's proof covers it: deterministic serialization, the same on both sides
+// of one protocol version.
+std::string HelloBytes(const pb::Hello& hello) {
+  std::string out;
+  (void)hello.ByteSizeLong();  // SerializeWithCachedSizes needs the sizes cached
+  {
+    google::protobuf::io::StringOutputStream stream(&out);
+    google::protobuf::io::CodedOutputStream coded(&stream);
+    coded.SetSerializationDeterministic(true);
+    hello.SerializeWithCachedSizes(&coded);
+  }
+  return out;
 }
 
 }  // namespace
@@ -53,11 +70,42 @@ Result<std::unique_ptr<SourceSession>> SourceSession::Connect(const HostPort& co
     l->set_name(r.name);
     l->set_length(r.length);
   }
+  std::string client_nonce;
+  if (!options.key.empty()) {
+    RDMIG_ASSIGN_OR_RETURN(client_nonce, RandomNonce());
+    hello->mutable_auth()->set_method(std::string(kAuthMethod));
+    hello->mutable_auth()->set_client_nonce(client_nonce);
+  }
   RDMIG_RETURN_IF_ERROR(s->control_.Send(msg));
 
   pb::DestinationMessage reply;
   RDMIG_RETURN_IF_ERROR(
       s->control_.Receive(&reply, options.timeout).Annotate("waiting for the handshake reply"));
+  if (reply.has_auth_challenge() && options.key.empty()) {
+    return Error(Code::kPermissionDenied, "destination " + control.ToString() +
+                                              " requires authentication: give the key file "
+                                              "its `rdmig receive` uses (--key-file)");
+  }
+  if (!options.key.empty() && !reply.has_refuse()) {
+    if (!reply.has_auth_challenge()) {
+      return Error(Code::kPermissionDenied,
+                   "destination " + control.ToString() +
+                       " did not authenticate (it runs without --key-file): not sending it memory");
+    }
+    const pb::AuthChallenge& ch = reply.auth_challenge();
+    if (!ProofsEqual(ServerProof(options.key, client_nonce, ch.server_nonce()),
+                     ch.server_proof())) {
+      return Error(Code::kPermissionDenied,
+                   "destination " + control.ToString() +
+                       " failed to prove it holds the key: the two sides have different keys");
+    }
+    pb::SourceMessage response;
+    response.mutable_auth_response()->set_client_proof(
+        ClientProof(options.key, ch.server_nonce(), client_nonce, HelloBytes(*hello)));
+    RDMIG_RETURN_IF_ERROR(s->control_.Send(response));
+    RDMIG_RETURN_IF_ERROR(
+        s->control_.Receive(&reply, options.timeout).Annotate("waiting for the handshake reply"));
+  }
   if (reply.has_refuse()) {
     return Error(Code::kPermissionDenied,
                  "destination " + control.ToString() + " refused: " + reply.refuse().reason());
@@ -204,6 +252,41 @@ Result<std::unique_ptr<DestinationSession>> DestinationListener::Accept(
     if (rdma_offered && !tcp_offered)
       why += " (the source asks for RDMA; this destination has no RDMA address)";
     return refuse(Error(Code::kUnavailable, why));
+  }
+  // Authentication comes before anything is registered or any rkey leaves this host.
+  if (!options.key.empty()) {
+    if (!hello.has_auth() || hello.auth().method() != kAuthMethod ||
+        hello.auth().client_nonce().size() != kNonceBytes) {
+      return refuse(Error(Code::kPermissionDenied,
+                          "authentication required: this destination accepts only a source "
+                          "holding its key (--key-file)"));
+    }
+    RDMIG_ASSIGN_OR_RETURN(std::string server_nonce, RandomNonce());
+    pb::DestinationMessage challenge;
+    challenge.mutable_auth_challenge()->set_server_nonce(server_nonce);
+    challenge.mutable_auth_challenge()->set_server_proof(
+        ServerProof(options.key, hello.auth().client_nonce(), server_nonce));
+    RDMIG_RETURN_IF_ERROR(d->control_.Send(challenge));
+    pb::SourceMessage response;
+    if (Status got = d->control_.Receive(&response, options.timeout); !got.ok()) {
+      // A source that hangs up here found our proof wrong: it holds another key.
+      return refuse(Error(Code::kPermissionDenied,
+                          "authentication failed: the source went away instead of proving it "
+                          "holds the key (" +
+                              got.ToString() + ")"));
+    }
+    if (!response.has_auth_response() ||
+        !ProofsEqual(
+            ClientProof(options.key, server_nonce, hello.auth().client_nonce(), HelloBytes(hello)),
+            response.auth_response().client_proof())) {
+      return refuse(
+          Error(Code::kPermissionDenied,
+                "authentication failed: the source does not hold this destination's key"));
+    }
+  } else if (hello.has_auth()) {
+    return refuse(Error(Code::kPermissionDenied,
+                        "the source authenticates but this destination has no key (--key-file): "
+                        "refusing to run unauthenticated"));
   }
   std::vector<RegionSpec> offered;
   for (const pb::RegionLayout& r : hello.regions())

@@ -38,6 +38,9 @@ struct SourceOptions {
   std::vector<TransportKind> transports = {TransportKind::kTcp};
   std::chrono::milliseconds timeout{10000};  // for each handshake step
   std::string name;                          // shown in the destination's logs
+  // The shared secret (control/session/auth.h); empty: no authentication. With a key the source
+  // sends nothing to a destination that does not prove it holds the same key.
+  std::string key;
 };
 
 struct LandedReport {
@@ -89,6 +92,9 @@ struct DestinationOptions {
   std::string data_host = "";   // where the lanes listen; empty = the control listener's address
   std::string mode = "memory";  // told to the source in Accept
   std::string rdma_ip;          // the destination RDMA device's IP; empty: no RDMA here
+  // The shared secret; empty: no authentication. With a key, a source that does not prove it holds
+  // it is refused before any memory is registered or any rkey sent.
+  std::string key;
 };
 
 // Called with the source's offered layout; fills `regions` with memory to land in, or refuses
@@ -127,10 +133,12 @@ class DestinationListener {
  public:
   static Result<DestinationListener> Listen(const HostPort& addr);
   uint16_t port() const { return port_; }
+  // Stops listening: further sources are refused by the kernel (connection refused).
+  void Close() { fd_.reset(); }
   const std::string& host() const { return host_; }
 
   // Accepts one source and runs the handshake. A refused source gets the reason; the listener
-  // stays usable.
+  // stays usable (kPermissionDenied: the source failed authentication).
   Result<std::unique_ptr<DestinationSession>> Accept(const PrepareRegions& prepare,
                                                      const DestinationOptions& options);
 
