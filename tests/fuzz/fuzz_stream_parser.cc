@@ -18,7 +18,7 @@ using rdmig::stream::StreamParser;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
-  const size_t piece = 1 + static_cast<size_t>(data[0]) * 37;
+  const size_t piece = 1 + static_cast<size_t>(data[0]) * 257;
   const auto* in = reinterpret_cast<const std::byte*>(data + 1);
   const size_t n = size - 1;
   StreamParser parser;
