@@ -137,69 +137,76 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
   };
 
   // 2. The stream: pages of registered blocks on their lanes, the rest in chunks behind watermarks.
-  for (;;) {
-    const uint64_t wire_before = wire_bytes;
-    const uint64_t lane_before = report.lane_bytes;
-    size_t used = parser.Parse(std::span(buf.data(), have), &items);
-    for (const stream::Item& it : items) {
-      if (it.kind == stream::Item::kPassthrough) {
-        if (!staged && it.block != stream::Item::kNoBlock && laned[it.block]) {
-          // QEMU never saw the stripped records, so it does not know which block a verbatim
-          // CONTINUE record refers to. Name it: a PAGE record for page 0 of that block whose
-          // payload is what landed there (the chunk is released only after it landed).
-          AnnounceBlock(layout[it.block], &chunk);
-          chunk.Staged(it.block, 0, stream::kTargetPageSize);
+  // When it fails here, the destination may know better why (its QEMU went away, say): ask it.
+  auto stream_all = [&]() -> Status {
+    for (;;) {
+      const uint64_t wire_before = wire_bytes;
+      const uint64_t lane_before = report.lane_bytes;
+      size_t used = parser.Parse(std::span(buf.data(), have), &items);
+      for (const stream::Item& it : items) {
+        if (it.kind == stream::Item::kPassthrough) {
+          if (!staged && it.block != stream::Item::kNoBlock && laned[it.block]) {
+            // QEMU never saw the stripped records, so it does not know which block a verbatim
+            // CONTINUE record refers to. Name it: a PAGE record for page 0 of that block whose
+            // payload is what landed there (the chunk is released only after it landed).
+            AnnounceBlock(layout[it.block], &chunk);
+            chunk.Staged(it.block, 0, stream::kTargetPageSize);
+          }
+          continue;
         }
-        continue;
-      }
-      if (it.kind == stream::Item::kRaw || !laned[it.block]) {
-        chunk.Raw(it.data, it.length);
-        if (it.kind == stream::Item::kPage) chunk.Raw(it.page, stream::kTargetPageSize);
-      } else if (it.kind == stream::Item::kPage) {
-        pages.push_back(PageWrite{it.page, it.offset, stream::kTargetPageSize, it.block});
-        report.lane_bytes += stream::kTargetPageSize;
-        if (staged) {  // the record stays in the stream; its payload comes from staging
+        if (it.kind == stream::Item::kRaw || !laned[it.block]) {
           chunk.Raw(it.data, it.length);
-          chunk.Staged(it.block, it.offset, stream::kTargetPageSize);
+          if (it.kind == stream::Item::kPage) chunk.Raw(it.page, stream::kTargetPageSize);
+        } else if (it.kind == stream::Item::kPage) {
+          pages.push_back(PageWrite{it.page, it.offset, stream::kTargetPageSize, it.block});
+          report.lane_bytes += stream::kTargetPageSize;
+          if (staged) {  // the record stays in the stream; its payload comes from staging
+            chunk.Raw(it.data, it.length);
+            chunk.Staged(it.block, it.offset, stream::kTargetPageSize);
+          }
+        } else if (staged) {
+          // Staged: QEMU applies every record in stream order, so a zero record stays in the
+          // stream.
+          chunk.Raw(it.data, it.length);
+        } else {
+          // Direct: the zero goes on the page's lane, in order with that page's writes (rule 3).
+          pages.push_back(PageWrite{nullptr, it.offset, stream::kTargetPageSize, it.block});
+          ++report.zero_pages;
         }
-      } else if (staged) {
-        // Staged: QEMU applies every record in stream order, so a zero record stays in the stream.
-        chunk.Raw(it.data, it.length);
-      } else {
-        // Direct: the zero goes on the page's lane, in order with that page's writes (rule 3).
-        pages.push_back(PageWrite{nullptr, it.offset, stream::kTargetPageSize, it.block});
-        ++report.zero_pages;
       }
+      items.clear();
+      if (!pages.empty()) {
+        RDMIG_RETURN_IF_ERROR(tx.Post(pages, ++tag));
+        report.pages += pages.size();
+        wire_bytes += pages.size() * kDescriptorWireBytes;
+        pages.clear();
+      }
+      wire_bytes += report.lane_bytes - lane_before;
+      if (!chunk.empty()) RDMIG_RETURN_IF_ERROR(send_chunk(false));
+      // Page data lives in `buf`: it may move only once the transport is done with it.
+      if (tag > 0) RDMIG_RETURN_IF_ERROR(tx.WaitCompleted(tag, options.timeout).status());
+      stats.lane_bytes.store(report.lane_bytes, std::memory_order_relaxed);
+      stats.pages.store(report.pages, std::memory_order_relaxed);
+      stats.wire_bytes.store(wire_bytes, std::memory_order_relaxed);
+      // A slower link: QEMU's stream is not read on until the link would have carried these bytes.
+      pacer.Pace(wire_bytes - wire_before);
+      if (eof && used == have) break;
+      if (eof) {
+        return Error(Code::kAborted, "QEMU's migration stream ended inside a record (" +
+                                         std::to_string(have - used) + " bytes left, " +
+                                         stream::StateName(parser.state()) + ")");
+      }
+      RDMIG_RETURN_IF_ERROR(refill(used, true));
     }
-    items.clear();
-    if (!pages.empty()) {
-      RDMIG_RETURN_IF_ERROR(tx.Post(pages, ++tag));
-      report.pages += pages.size();
-      wire_bytes += pages.size() * kDescriptorWireBytes;
-      pages.clear();
+    if (!parser.at_clean_end()) {
+      return Error(Code::kAborted, std::string("QEMU's migration stream ended ") +
+                                       stream::StateName(parser.state()) +
+                                       " (the source migration was cancelled or failed)");
     }
-    wire_bytes += report.lane_bytes - lane_before;
-    if (!chunk.empty()) RDMIG_RETURN_IF_ERROR(send_chunk(false));
-    // Page data lives in `buf`: it may move only once the transport is done with it.
-    if (tag > 0) RDMIG_RETURN_IF_ERROR(tx.WaitCompleted(tag, options.timeout).status());
-    stats.lane_bytes.store(report.lane_bytes, std::memory_order_relaxed);
-    stats.pages.store(report.pages, std::memory_order_relaxed);
-    stats.wire_bytes.store(wire_bytes, std::memory_order_relaxed);
-    // A slower link: QEMU's stream is not read on until the link would have carried these bytes.
-    pacer.Pace(wire_bytes - wire_before);
-    if (eof && used == have) break;
-    if (eof) {
-      return Error(Code::kAborted, "QEMU's migration stream ended inside a record (" +
-                                       std::to_string(have - used) + " bytes left, " +
-                                       stream::StateName(parser.state()) + ")");
-    }
-    RDMIG_RETURN_IF_ERROR(refill(used, true));
-  }
-  if (!parser.at_clean_end()) {
-    return Error(Code::kAborted, std::string("QEMU's migration stream ended ") +
-                                     stream::StateName(parser.state()) +
-                                     " (the source migration was cancelled or failed)");
-  }
+    return Status::Ok();
+  };
+  if (Status st = stream_all(); !st.ok()) return s->Explain(st);
+
   RDMIG_RETURN_IF_ERROR(send_chunk(true));
   RDMIG_ASSIGN_OR_RETURN(session::LandedReport landed,
                          s->Complete(++mark, report.pages, report.lane_bytes, options.timeout));

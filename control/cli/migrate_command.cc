@@ -49,6 +49,7 @@ struct MigrateArgs {
   std::string json;
   std::string timeline;
   std::string key_file;
+  double progress_timeout_s = 30;
 };
 
 // QEMU's max-bandwidth when nothing should limit it (bytes/s).
@@ -420,6 +421,7 @@ int RunMigrate(const MigrateArgs& a) {
     auto transports = ChooseTransports(a.transport);
     if (!transports.ok()) return Fail(a, "--transport", transports.status());
     opts.transports = *transports;
+    opts.timeout = std::chrono::milliseconds(static_cast<int64_t>(a.progress_timeout_s * 1000));
     endpoint = std::make_unique<SourceEndpointThread>(std::move(listener).value(), opts);
     uri = "unix:" + sock;
   }
@@ -653,6 +655,10 @@ std::function<int()> AddMigrateCommand(CLI::App& app) {
                 "--native baseline: turn on QEMU's auto-converge with its default parameters");
   cmd->add_option("--key-file", a->key_file,
                   "authenticate to `rdmig receive` with the shared secret in FILE (mode 0600)");
+  cmd->add_option("--progress-timeout", a->progress_timeout_s,
+                  "seconds a lane or the destination may make no progress before the migration "
+                  "fails (the source keeps running)")
+      ->capture_default_str();
   cmd->add_option("--timeline", a->timeline,
                   "write JSON samples every 100 ms to FILE: remaining bytes, dirty rate, "
                   "bandwidth, throttle, predicted blackout, pass (see `rdmig plot`)");

@@ -1,11 +1,16 @@
 #include "control/convergence/actuator.h"
 
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -99,12 +104,14 @@ class CgroupActuator : public ThrottleActuator {
     }
     RDMIG_RETURN_IF_ERROR(WriteFile(a->dir_ / "cpu.cfs_period_us", std::to_string(kPeriodUs)));
     RDMIG_RETURN_IF_ERROR(WriteFile(a->dir_ / "cpu.cfs_quota_us", "-1"));
+    RDMIG_RETURN_IF_ERROR(a->StartGuard());
     return std::unique_ptr<ThrottleActuator>(std::move(a));
   }
   ~CgroupActuator() override {
     (void)Release();
     std::error_code ec;
     fs::remove(dir_, ec);  // rmdir: the group is empty once the threads went home
+    StopGuard();
   }
   std::string name() const override { return "cgroup"; }
   Status Set(double throttle, double) override {
@@ -158,6 +165,71 @@ class CgroupActuator : public ThrottleActuator {
     fs::path home;
   };
   CgroupActuator() = default;
+
+  // A guard process that outlives a killed rdmig: it waits for EOF on a pipe only this process
+  // holds the write end of, then puts the vCPU threads back home and removes the group. So even
+  // SIGKILL never leaves a guest throttled. The child runs only async-signal-safe calls.
+  Status StartGuard() {
+    struct Move {
+      char tasks[512];
+      char tid[24];
+    };
+    std::vector<Move> moves(threads_.size());
+    for (size_t i = 0; i < threads_.size(); ++i) {
+      std::snprintf(moves[i].tasks, sizeof(moves[i].tasks), "%s",
+                    (threads_[i].home / "tasks").c_str());
+      std::snprintf(moves[i].tid, sizeof(moves[i].tid), "%lld",
+                    static_cast<long long>(threads_[i].tid));
+    }
+    char group[512];
+    std::snprintf(group, sizeof(group), "%s", dir_.c_str());
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) != 0) return Status::FromErrno("pipe for the throttle guard", errno);
+    const pid_t pid = ::fork();
+    if (pid < 0) {
+      const int err = errno;
+      ::close(p[0]);
+      ::close(p[1]);
+      return Status::FromErrno("fork the throttle guard", err);
+    }
+    if (pid == 0) {
+      struct sigaction ignore = {};
+      ignore.sa_handler = SIG_IGN;
+      ::sigaction(SIGINT, &ignore, nullptr);  // Ctrl-C on the terminal is for rdmig, not us
+      ::sigaction(SIGTERM, &ignore, nullptr);
+      ::sigaction(SIGHUP, &ignore, nullptr);
+      ::close(p[1]);
+      char b;
+      while (::read(p[0], &b, 1) != 0) {
+        if (errno != EINTR) break;
+      }
+      for (const Move& m : moves) {
+        const int fd = ::open(m.tasks, O_WRONLY);
+        if (fd >= 0) {
+          (void)!::write(fd, m.tid, ::strlen(m.tid));
+          ::close(fd);
+        }
+      }
+      ::rmdir(group);
+      ::_exit(0);
+    }
+    ::close(p[0]);
+    guard_pid_ = pid;
+    guard_fd_ = p[1];
+    return Status::Ok();
+  }
+  void StopGuard() {
+    if (guard_fd_ >= 0) ::close(guard_fd_);
+    guard_fd_ = -1;
+    if (guard_pid_ > 0) {
+      while (::waitpid(guard_pid_, nullptr, 0) < 0 && errno == EINTR) {
+      }
+    }
+    guard_pid_ = -1;
+  }
+
+  pid_t guard_pid_ = -1;
+  int guard_fd_ = -1;
   std::string mount_;
   std::vector<Thread> threads_;
   fs::path dir_;
@@ -198,12 +270,17 @@ class CpuThrottleActuator : public ThrottleActuator {
 
  private:
   Status Params(int pct) {
-    return qmp_
-        ->Execute("migrate-set-parameters", {{"cpu-throttle-initial", pct},
-                                             {"cpu-throttle-increment", 99},
-                                             {"max-cpu-throttle", pct},
-                                             {"throttle-trigger-threshold", 1}})
-        .status();
+    // Bounded, so that following the migration never waits on a monitor busy with a bitmap sync:
+    // QEMU runs the commands of one connection in order, so a command it answers late still
+    // takes effect (and the next pass sets the parameters again anyway).
+    Status s = qmp_->Execute("migrate-set-parameters",
+                             {{"cpu-throttle-initial", pct},
+                              {"cpu-throttle-increment", 99},
+                              {"max-cpu-throttle", pct},
+                              {"throttle-trigger-threshold", 1}},
+                             std::chrono::milliseconds(100))
+                   .status();
+    return s.code() == Code::kTimeout ? Status::Ok() : s;
   }
   qmp::QmpClient* qmp_;
   double requested_ = 0;

@@ -7,7 +7,8 @@
 //   cpu-throttle  QEMU's auto-converge throttle, steered through its parameters: works everywhere
 //                 (TCG too), but QEMU applies a change only at its next dirty-sync check (>= 1 s).
 // Every actuator gives the guest its full CPU back on Release() and in its destructor, so a failed
-// or cancelled migration leaves nothing behind.
+// or cancelled migration leaves nothing behind; the cgroup actuator also leaves a small guard
+// process that does it should rdmig be killed outright (SIGKILL).
 // Thread-safety: not thread-safe; owned by the thread that follows the migration.
 #pragma once
 

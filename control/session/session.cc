@@ -55,6 +55,7 @@ Result<std::unique_ptr<SourceSession>> SourceSession::Connect(const HostPort& co
                                                               const SourceOptions& options) {
   RDMIG_RETURN_IF_ERROR(CheckLaneCount(options.lanes));
   RDMIG_ASSIGN_OR_RETURN(Fd fd, ConnectTcp(control, options.timeout));
+  RDMIG_RETURN_IF_ERROR(SetSendTimeout(fd.get(), options.timeout));
   std::unique_ptr<SourceSession> s(new SourceSession());
   s->control_ = ControlChannel(std::move(fd), control.ToString());
 
@@ -163,6 +164,9 @@ Result<std::unique_ptr<SourceSession>> SourceSession::Connect(const HostPort& co
                 static_cast<uint16_t>(chosen->tcp().port())};
   RDMIG_ASSIGN_OR_RETURN(std::vector<Fd> lanes,
                          ConnectTcpLanes(data, s->session_id_, options.lanes, options.timeout));
+  // A destination that stops reading (stalled, stopped) fails the migration after the timeout
+  // instead of holding the source forever.
+  for (const Fd& lane : lanes) RDMIG_RETURN_IF_ERROR(SetSendTimeout(lane.get(), options.timeout));
   RDMIG_ASSIGN_OR_RETURN(s->transport_, TcpTransport::Create(std::move(lanes)));
   return s;
 }
@@ -355,13 +359,45 @@ Result<std::unique_ptr<DestinationSession>> DestinationListener::Accept(
   return d;
 }
 
+Status SourceSession::Explain(const Status& local, std::chrono::milliseconds wait) {
+  pb::DestinationMessage msg;
+  if (control_.Receive(&msg, wait).ok() && msg.has_landed() && !msg.landed().ok()) {
+    return Error(Code::kAborted,
+                 "destination: " + msg.landed().error() + " (here: " + local.ToString() + ")");
+  }
+  return local;
+}
+
 Result<LandedReport> DestinationSession::Serve(std::chrono::milliseconds timeout,
                                                const MessageHandler& other) {
   LandedReport landed;
   bool completed = false;  // the source's Complete was confirmed: its closing is the normal end
   for (;;) {
     pb::SourceMessage msg;
-    Status s = control_.Receive(&msg, timeout);
+    // Wait for the next message in slices, watching the lanes meanwhile: a source that lost its
+    // control connection but closed its lanes has failed, and this side must not wait on.
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    Status ready = Error(Code::kTimeout, "control channel from the source: nothing within " +
+                                             std::to_string(timeout.count()) + " ms");
+    for (;;) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) break;
+      Status readable =
+          WaitReadable(control_.fd(), std::min(left, std::chrono::milliseconds(250)), "source");
+      if (readable.code() != Code::kTimeout) {
+        ready = readable;
+        break;
+      }
+      if (completed) continue;
+      if (Status lanes = receiver_->WaitWatermark(UINT64_MAX, std::chrono::milliseconds(0));
+          lanes.code() != Code::kTimeout) {
+        receiver_->Abort();
+        return lanes.Annotate("data lanes (the source's control channel is silent)");
+      }
+    }
+    // Readable: the whole message must follow within the timeout (Receive's own deadline).
+    Status s = ready.ok() ? control_.Receive(&msg, timeout) : ready;
     if (!s.ok()) {
       receiver_->Abort();
       if (s.code() == Code::kPeerClosed && completed) return landed;
@@ -411,6 +447,11 @@ Result<LandedReport> DestinationSession::Serve(std::chrono::milliseconds timeout
       continue;  // the source's side of an RDMA attempt that already fell back to TCP
     } else if (other) {
       if (Status h = other(msg); !h.ok()) {
+        // Tell the source why, before its lanes break under it.
+        pb::DestinationMessage m;
+        m.mutable_landed()->set_ok(false);
+        m.mutable_landed()->set_error(h.ToString());
+        (void)control_.Send(m);
         receiver_->Abort();
         return h;
       }

@@ -70,6 +70,11 @@ class SourceSession {
   Result<LandedReport> Complete(uint64_t final_mark, uint64_t pages, uint64_t bytes,
                                 std::chrono::milliseconds timeout);
 
+  // For a failure seen here (a lane or the control channel broke): waits briefly for the
+  // destination's own account of what went wrong and returns an error carrying both.
+  Status Explain(const Status& local,
+                 std::chrono::milliseconds wait = std::chrono::milliseconds(500));
+
   // XXH3-64 of every page of `region` as the destination holds it.
   Result<std::vector<uint64_t>> FetchDigests(uint32_t region, uint32_t page_size,
                                              std::chrono::milliseconds timeout);

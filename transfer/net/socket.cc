@@ -254,6 +254,10 @@ Status SendAllV(int fd, struct iovec* iov, int iovcnt, std::string_view what) {
       if (errno == EPIPE || errno == ECONNRESET) {
         return Error(Code::kPeerClosed, std::string(what) + ": peer closed the connection");
       }
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {  // SO_SNDTIMEO ran out
+        return Error(Code::kTimeout,
+                     std::string(what) + ": no progress: the peer stopped reading (stalled)");
+      }
       return Status::FromErrno(std::string(what) + ": sendmsg", errno);
     }
     Advance(&iov, &iovcnt, static_cast<size_t>(n));
@@ -334,6 +338,16 @@ Status SetReceiveTimeout(int fd, std::chrono::milliseconds timeout) {
   }
   if (::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0) {
     return Status::FromErrno("setsockopt(SO_RCVTIMEO)", errno);
+  }
+  return Status::Ok();
+}
+
+Status SetSendTimeout(int fd, std::chrono::milliseconds timeout) {
+  timeval tv{};
+  tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);
+  tv.tv_usec = static_cast<suseconds_t>((timeout.count() % 1000) * 1000);
+  if (::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) != 0) {
+    return Status::FromErrno("setsockopt(SO_SNDTIMEO)", errno);
   }
   return Status::Ok();
 }

@@ -82,6 +82,8 @@ Status RecvAllV(int fd, struct iovec* iov, int iovcnt, std::string_view what,
 // Makes every blocking receive on `fd` fail with kTimeout (via RecvAll) after `timeout` without
 // data.
 Status SetReceiveTimeout(int fd, std::chrono::milliseconds timeout);
+// A blocking send that makes no progress for `timeout` fails (SendAllV: kTimeout, "stalled").
+Status SetSendTimeout(int fd, std::chrono::milliseconds timeout);
 
 // Waits until `fd` is readable; kTimeout after `timeout`.
 Status WaitReadable(int fd, std::chrono::milliseconds timeout, std::string_view what);

@@ -1,0 +1,318 @@
+#!/usr/bin/env python3
+"""The fault matrix over TCP lanes: a live migration of the built-in guest through rdmig is hurt in
+one way per row, mid-pass, and for every row:
+  - `rdmig migrate` (or the endpoint that was driven) fails with an error naming what happened;
+  - the source guest keeps running (QMP `running`) and its self-check passes;
+  - no destination QEMU resumes the guest (it exits, or waits without ever emitting RESUME);
+  - no rdmig process of the row is left (so the destination's registered memory is released);
+  - a throttled guest gets its vCPU back (no rdmig cgroup left);
+  - a retry of the same migration (same source, fresh destination) succeeds with the destination's
+    RAM identical to the source's page by page and its self-check passing.
+
+Rows: control-cut, lane-cut (iptables reject with TCP reset on the control port, or on one lane's
+connection), kill-receive (destination endpoint SIGKILL), kill-migrate (the source endpoint, in
+`rdmig migrate`, SIGKILLed while it throttles the guest), kill-dest-qemu, stall (`rdmig receive`
+SIGSTOPped longer than --progress-timeout), sigint (`rdmig migrate` interrupted), qmp-cancel
+(`migrate_cancel` on the source QEMU), malformed-stream (the source QEMU's stream cut short on its
+way into `rdmig send`).
+
+    fault_matrix.py RDMIG GUEST_DIR [ROW ...]"""
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import rdmig_testlib as t  # noqa: E402
+
+LINK = "24M/s"  # slow enough that every fault lands mid-pass
+
+
+def throttle_groups():
+    found = []
+    for dirpath, dirnames, _ in os.walk("/sys/fs/cgroup/cpu"):
+        found += [os.path.join(dirpath, d) for d in dirnames if d.startswith("rdmig-throttle-")]
+    return found
+
+
+def wait_until(what, pred, timeout, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} within {timeout} s")
+        time.sleep(interval)  # polling interval of the condition
+
+
+def transferred(src):
+    return src.qmp.execute("query-migrate").get("ram", {}).get("transferred", 0)
+
+
+class Reject:
+    """An iptables rule answering matching packets with a TCP reset; removed on exit."""
+
+    def __init__(self, *match):
+        self.rule = ["OUTPUT", "-o", "lo", "-p", "tcp", *match, "-j", "REJECT",
+                     "--reject-with", "tcp-reset"]
+        subprocess.run(["iptables", "-I", *self.rule], check=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        subprocess.run(["iptables", "-D", *self.rule], check=False)
+
+
+class Row:
+    """One row: a source guest, a destination QEMU and `rdmig receive`, and `rdmig migrate`."""
+
+    def __init__(self, rdmig, guest_dir, work, wss=64, rate=20):
+        self.rdmig, self.guest_dir, self.work = rdmig, guest_dir, work
+        self.src = t.Guest(guest_dir, "src", wss_mib=wss, rate_mib=rate, workdir=work)
+        self.dst = None
+        self.recv = None
+        self.migrate = None
+        self.src.wait_ready()
+        self.src.console.expect("HB t=", 10)
+
+    def start_destination(self, name="dst"):
+        self.dst = t.Guest(self.guest_dir, name, incoming="defer", paused=True, workdir=self.work)
+        t.enable_migration_events(self.dst.qmp)
+        self.recv = t.start_receive(self.rdmig, self.work, f"unix:{self.work}/{name}-in.sock",
+                                    "direct", self.dst.ram_path)
+
+    def start_migrate(self, *extra):
+        self.start_destination()
+        self.migrate = subprocess.Popen(
+            [self.rdmig, "migrate", "--source-qmp", self.src.qmp2_path, "--dest-qmp",
+             self.dst.qmp2_path, "--to", f"127.0.0.1:{self.recv.port}", "--dest-incoming",
+             f"unix:{self.work}/dst-in.sock", "--max-bandwidth", LINK, "--json",
+             f"{self.work}/m.json", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_until("migration under way", lambda: transferred(self.src) > (8 << 20), 60)
+
+    def migrate_result(self, timeout=90):
+        out, err = self.migrate.communicate(timeout=timeout)
+        return self.migrate.returncode, err
+
+    def check_after_fault(self, name, expect_in_error, error):
+        ok = True
+        print(f"{name}: error: {error.strip()[-400:]}")
+        if expect_in_error and expect_in_error not in error:
+            print(f"{name}: the error does not say '{expect_in_error}'")
+            ok = False
+        # Every rdmig process of the row ends (the destination's memory goes with it).
+        for what, proc in (("rdmig receive", self.recv.proc if self.recv else None),
+                           ("rdmig migrate", self.migrate)):
+            if proc is None:
+                continue
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                print(f"{name}: {what} is still running")
+                ok = False
+        status = self.src.status()
+        verdict = self.src.verify()
+        print(f"{name}: source {status}, {verdict}")
+        ok &= status == "running" and verdict.startswith("VERIFY OK")
+        # The destination never resumed: no RESUME, and it is not running.
+        resumed = False
+        try:
+            self.dst.qmp.wait_event("RESUME", 0.5)
+            resumed = True
+        except Exception:
+            pass
+        if self.dst.alive():
+            try:
+                dstatus = self.dst.status()
+            except Exception:
+                dstatus = "unreachable"
+        else:
+            dstatus = f"exited ({self.dst.proc.returncode})"
+        print(f"{name}: destination QEMU {dstatus}, resumed: {resumed}")
+        ok &= not resumed and dstatus != "running"
+        left = throttle_groups()
+        if left:
+            print(f"{name}: throttle cgroups left behind: {left}")
+            ok = False
+        return ok
+
+    def retry(self, name):
+        """The same migration again, to a fresh destination; memory compared page by page."""
+        if self.recv:
+            self.recv.kill()
+        self.dst.close()
+        self.start_destination("dst2")
+        m = subprocess.run(
+            [self.rdmig, "migrate", "--source-qmp", self.src.qmp2_path, "--dest-qmp",
+             self.dst.qmp2_path, "--to", f"127.0.0.1:{self.recv.port}", "--dest-incoming",
+             f"unix:{self.work}/dst2-in.sock", "--json", f"{self.work}/retry.json"],
+            capture_output=True, text=True, timeout=300)
+        if m.returncode != 0:
+            print(f"{name}: retry failed: {m.stderr[-500:]}")
+            return False
+        self.recv.finish(30)
+        differ = t.compare_ram(self.src.ram_path, self.dst.ram_path)
+        self.dst.qmp.execute("cont")
+        verdict = self.dst.verify()
+        print(f"{name}: retry completed; {differ} pages differ; destination {verdict}")
+        return differ == 0 and verdict.startswith("VERIFY OK")
+
+    def close(self):
+        if self.migrate and self.migrate.poll() is None:
+            self.migrate.kill()
+            self.migrate.wait()
+        if self.recv:
+            if self.recv.proc.poll() is None:
+                os.kill(self.recv.proc.pid, signal.SIGCONT)
+            self.recv.kill()
+        for g in (self.dst, self.src):
+            if g:
+                g.close()
+
+
+def fault_row(rdmig, guest_dir, name, inject, expect, migrate_args=(), wss=64, rate=20,
+              want_rc=1):
+    work = tempfile.mkdtemp(prefix=f"rdmig-fault-{name}-")
+    row = None
+    try:
+        row = Row(rdmig, guest_dir, work, wss, rate)
+        row.start_migrate(*migrate_args)
+        inject(row)
+        rc, err = row.migrate_result()
+        ok = rc == want_rc
+        if rc != want_rc:
+            print(f"{name}: rdmig migrate exited {rc}, want {want_rc}")
+        ok &= row.check_after_fault(name, expect, err)
+        ok &= row.retry(name)
+        return ok
+    finally:
+        if row:
+            row.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def cut_control(row):
+    with Reject("--dport", str(row.recv.port)):
+        row.migrate.wait(timeout=90)
+
+
+def cut_lane(row):
+    # rdmig migrate's TCP connections other than the control one are its lanes.
+    out = subprocess.run(["ss", "-Htnp", "state", "established"], capture_output=True,
+                         text=True).stdout
+    lanes = []
+    for line in out.splitlines():
+        cols = line.split()
+        if f"pid={row.migrate.pid}," not in line or len(cols) < 4:
+            continue
+        local, peer = cols[2], cols[3]
+        if not peer.endswith(f":{row.recv.port}"):
+            lanes.append(int(local.rsplit(":", 1)[1]))
+    if not lanes:
+        raise RuntimeError("no lane connections of rdmig migrate found")
+    with Reject("--sport", str(lanes[0])):
+        row.migrate.wait(timeout=90)
+
+
+def kill_receive(row):
+    row.recv.proc.kill()
+
+
+def kill_dest_qemu(row):
+    row.dst.proc.kill()
+
+
+def stall(row):
+    os.kill(row.recv.proc.pid, signal.SIGSTOP)
+    row.migrate.wait(timeout=90)  # fails after --progress-timeout
+    os.kill(row.recv.proc.pid, signal.SIGCONT)
+
+
+def sigint(row):
+    row.migrate.send_signal(signal.SIGINT)
+
+
+def qmp_cancel(row):
+    row.src.qmp.execute("migrate_cancel")
+
+
+def kill_migrate(row):
+    # Killed while it throttles the guest: the guard must give the vCPU back.
+    vcpu = row.src.qmp.execute("query-cpus-fast")[0]["thread-id"]
+    wait_until("the guest throttled", lambda: ":cpu:/rdmig-throttle-" in
+               open(f"/proc/{vcpu}/cgroup").read(), 60)
+    row.migrate.kill()
+    wait_until("the vCPU thread back home", lambda: ":cpu:/rdmig-throttle-" not in
+               open(f"/proc/{vcpu}/cgroup").read(), 10)
+
+
+def malformed_stream_row(rdmig, guest_dir):
+    """The source QEMU migrates through `exec:` into `head -c` and `rdmig send`: the stream ends
+    in the middle of a record. rdmig send must fail saying so, rdmig receive must not let the
+    destination QEMU load a partial stream, and the source keeps running."""
+    name = "malformed-stream"
+    work = tempfile.mkdtemp(prefix=f"rdmig-fault-{name}-")
+    row = None
+    try:
+        row = Row(rdmig, guest_dir, work)
+        row.start_destination()
+        row.dst.qmp.execute("migrate-incoming", uri=f"unix:{work}/dst-in.sock")
+        t.enable_migration_events(row.src.qmp)
+        send_log = f"{work}/send.log"
+        # 40 MB, then the stream stops mid-record; rdmig send reads it from stdin.
+        row.src.qmp.execute("migrate", uri=f"exec:head -c 40000037 | {rdmig} send --from - "
+                                           f"--to 127.0.0.1:{row.recv.port} >{send_log} 2>&1")
+        status = t.wait_migration(row.src.qmp, 120)
+        print(f"{name}: source migration {status}")
+        wait_until("rdmig send done", lambda: "migration stream failed" in open(send_log).read()
+                   or "rdmig send:" in open(send_log).read(), 30)
+        err = open(send_log).read()
+        ok = status == "failed"
+        ok &= row.check_after_fault(name, "ended inside a record", err)
+        ok &= row.retry(name)
+        return ok
+    finally:
+        if row:
+            row.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+ROWS = {
+    "control-cut": lambda r, g: fault_row(r, g, "control-cut", cut_control, "peer closed"),
+    "lane-cut": lambda r, g: fault_row(r, g, "lane-cut", cut_lane, "lane"),
+    "kill-receive": lambda r, g: fault_row(r, g, "kill-receive", kill_receive, "peer closed"),
+    "kill-migrate": lambda r, g: fault_row(r, g, "kill-migrate", kill_migrate, "",
+                                           ["--throttle", "cgroup"], wss=128, rate=150,
+                                           want_rc=-signal.SIGKILL),
+    "kill-dest-qemu": lambda r, g: fault_row(r, g, "kill-dest-qemu", kill_dest_qemu,
+                                             "destination QEMU"),
+    "stall": lambda r, g: fault_row(r, g, "stall", stall, "timeout", ["--progress-timeout", "5"]),
+    "sigint": lambda r, g: fault_row(r, g, "sigint", sigint, "cancelled on SIGINT"),
+    "qmp-cancel": lambda r, g: fault_row(r, g, "qmp-cancel", qmp_cancel, "cancelled"),
+    "malformed-stream": malformed_stream_row,
+}
+
+
+def main(rdmig, guest_dir, *names):
+    failed = 0
+    chosen = names or list(ROWS)
+    for name in chosen:
+        start = time.monotonic()
+        try:
+            ok = ROWS[name](rdmig, guest_dir)
+        except Exception as e:  # a harness error fails the row, the others still run
+            print(f"{name}: {type(e).__name__}: {e}")
+            ok = False
+        print(f"{'PASS' if ok else 'FAIL'} {name} ({time.monotonic() - start:.1f} s)\n", flush=True)
+        failed += not ok
+    print(f"{len(chosen) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))
