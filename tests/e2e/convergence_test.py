@@ -149,19 +149,9 @@ def cancel_case(rdmig, guest_dir):
 
 
 def main(rdmig, guest_dir, *names):
-    failed = 0
-    chosen = names or list(CONFIGS) + ["cancel"]
-    for name in chosen:
-        start = time.monotonic()
-        try:
-            ok = cancel_case(rdmig, guest_dir) if name == "cancel" else run_config(rdmig, guest_dir, name)
-        except Exception as e:  # a harness error fails the configuration, the others still run
-            print(f"{name}: {type(e).__name__}: {e}")
-            ok = False
-        print(f"{'PASS' if ok else 'FAIL'} {name} ({time.monotonic() - start:.1f} s)\n", flush=True)
-        failed += not ok
-    print(f"{len(chosen) - failed} passed, {failed} failed")
-    return 1 if failed else 0
+    cases = {name: (lambda name=name: run_config(rdmig, guest_dir, name)) for name in CONFIGS}
+    cases["cancel"] = lambda: cancel_case(rdmig, guest_dir)
+    return t.run_cases(cases, names)
 
 
 if __name__ == "__main__":

@@ -127,19 +127,7 @@ def main(rdmig, guest_dir, *names):
         "dirty20-xbzrle-direct": lambda: migrate_case(rdmig, guest_dir, 20, "direct", xbzrle=True),
         "kill-receive": lambda: kill_receive_case(rdmig, guest_dir),
     }
-    failed = 0
-    chosen = names or list(cases)
-    for name in chosen:
-        start = time.monotonic()
-        try:
-            ok = cases[name]()
-        except Exception as e:  # a harness error fails the case, the others still run
-            print(f"{name}: {type(e).__name__}: {e}")
-            ok = False
-        print(f"{'PASS' if ok else 'FAIL'} {name} ({time.monotonic() - start:.1f} s)\n")
-        failed += not ok
-    print(f"{len(chosen) - failed} passed, {failed} failed")
-    return 1 if failed else 0
+    return t.run_cases(cases, names)
 
 
 if __name__ == "__main__":

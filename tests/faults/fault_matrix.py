@@ -14,7 +14,8 @@ connection), kill-receive (destination endpoint SIGKILL), kill-migrate (the sour
 `rdmig migrate`, SIGKILLed while it throttles the guest), kill-dest-qemu, stall (`rdmig receive`
 SIGSTOPped longer than --progress-timeout), sigint (`rdmig migrate` interrupted), qmp-cancel
 (`migrate_cancel` on the source QEMU), malformed-stream (the source QEMU's stream cut short on its
-way into `rdmig send`).
+way into `rdmig send`); and second-source: while a migration runs, a second connection to
+`rdmig receive` is refused and the first completes with memory verified.
 
     fault_matrix.py RDMIG GUEST_DIR [ROW ...]"""
 import glob
@@ -22,6 +23,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -282,6 +284,38 @@ def malformed_stream_row(rdmig, guest_dir):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def second_source_row(rdmig, guest_dir):
+    """One migration per destination session: while one runs, a second source's connection to
+    `rdmig receive` is refused, and the first migration completes unharmed, memory verified."""
+    name = "second-source"
+    work = tempfile.mkdtemp(prefix=f"rdmig-fault-{name}-")
+    row = None
+    try:
+        row = Row(rdmig, guest_dir, work)
+        row.start_migrate()
+        try:
+            socket.create_connection(("127.0.0.1", row.recv.port), timeout=5).close()
+            refused = False
+        except ConnectionRefusedError:
+            refused = True
+        print(f"{name}: a second connection to rdmig receive was "
+              f"{'refused' if refused else 'ACCEPTED'}")
+        rc, err = row.migrate_result()
+        if rc != 0:
+            print(f"{name}: the first migration failed: {err[-400:]}")
+            return False
+        row.recv.finish(30)
+        differ = t.compare_ram(row.src.ram_path, row.dst.ram_path)
+        row.dst.qmp.execute("cont")
+        verdict = row.dst.verify()
+        print(f"{name}: first migration completed; {differ} pages differ; destination {verdict}")
+        return refused and differ == 0 and verdict.startswith("VERIFY OK")
+    finally:
+        if row:
+            row.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 ROWS = {
     "control-cut": lambda r, g: fault_row(r, g, "control-cut", cut_control, "peer closed"),
     "lane-cut": lambda r, g: fault_row(r, g, "lane-cut", cut_lane, "lane"),
@@ -295,23 +329,13 @@ ROWS = {
     "sigint": lambda r, g: fault_row(r, g, "sigint", sigint, "cancelled on SIGINT"),
     "qmp-cancel": lambda r, g: fault_row(r, g, "qmp-cancel", qmp_cancel, "cancelled"),
     "malformed-stream": malformed_stream_row,
+    "second-source": second_source_row,
 }
 
 
 def main(rdmig, guest_dir, *names):
-    failed = 0
-    chosen = names or list(ROWS)
-    for name in chosen:
-        start = time.monotonic()
-        try:
-            ok = ROWS[name](rdmig, guest_dir)
-        except Exception as e:  # a harness error fails the row, the others still run
-            print(f"{name}: {type(e).__name__}: {e}")
-            ok = False
-        print(f"{'PASS' if ok else 'FAIL'} {name} ({time.monotonic() - start:.1f} s)\n", flush=True)
-        failed += not ok
-    print(f"{len(chosen) - failed} passed, {failed} failed")
-    return 1 if failed else 0
+    return t.run_cases({name: (lambda row=row: row(rdmig, guest_dir)) for name, row in ROWS.items()},
+                       names)
 
 
 if __name__ == "__main__":

@@ -331,3 +331,21 @@ def migrate_guest(rdmig, guest_dir, kind, wss_mib, rate_mib, extra=(), compare=F
         if recv:
             recv.kill()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def run_cases(cases, names):
+    """Runs the named cases (all when none are named): each a callable returning True on success.
+    A harness error fails its case; the others still run. Returns the exit status."""
+    failed = 0
+    chosen = list(names) or list(cases)
+    for name in chosen:
+        start = time.monotonic()
+        try:
+            ok = cases[name]()
+        except Exception as e:  # a harness error fails the case, the others still run
+            print(f"{name}: {type(e).__name__}: {e}")
+            ok = False
+        print(f"{'PASS' if ok else 'FAIL'} {name} ({time.monotonic() - start:.1f} s)\n", flush=True)
+        failed += not ok
+    print(f"{len(chosen) - failed} passed, {failed} failed")
+    return 1 if failed else 0
