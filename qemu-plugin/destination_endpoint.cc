@@ -71,7 +71,9 @@ Result<DestinationStreamReport> RunDestinationStream(session::DestinationListene
                                                      const DestinationStreamOptions& options) {
   using Mode = DestinationStreamOptions::Mode;
   DestinationStreamReport report;
-  report.mode = options.mode == Mode::kDirect ? "direct" : "staged";
+  Mode mode = options.mode;
+  auto mode_name = [&] { return mode == Mode::kDirect ? "direct" : "staged"; };
+  report.mode = mode_name();
   std::vector<Staging> staging;
 
   auto prepare = [&](const std::vector<session::RegionSpec>& offered,
@@ -79,12 +81,13 @@ Result<DestinationStreamReport> RunDestinationStream(session::DestinationListene
     for (const session::RegionSpec& r : offered) {
       if (!report.layout.empty()) report.layout += ", ";
       report.layout += r.name + " " + std::to_string(r.length);
-      if (options.mode == Mode::kDirect) {
-        auto it = options.ram_files ? options.ram_files->find(r.name) : options.ram_files->end();
-        if (options.ram_files == nullptr || it == options.ram_files->end()) {
+      if (mode == Mode::kDirect) {
+        if (options.ram_files == nullptr ||
+            options.ram_files->find(r.name) == options.ram_files->end()) {
           report.layout += " (stream)";
           continue;
         }
+        const auto it = options.ram_files->find(r.name);
         if (it->second.size() < r.length) {
           return Error(Code::kInvalidArgument, "RAM file " + it->second.path() + " has " +
                                                    std::to_string(it->second.size()) +
@@ -108,7 +111,7 @@ Result<DestinationStreamReport> RunDestinationStream(session::DestinationListene
         report.layout += " (staged)";
       }
     }
-    if (options.mode == Mode::kDirect && options.ram_files != nullptr) {
+    if (mode == Mode::kDirect && options.ram_files != nullptr) {
       for (const auto& [name, file] : *options.ram_files) {
         if (report.layout.find(name + " ") == std::string::npos) {
           return Error(Code::kInvalidArgument,
@@ -125,6 +128,16 @@ Result<DestinationStreamReport> RunDestinationStream(session::DestinationListene
   dopts.transports = options.transports;
   dopts.rdma_ip = options.rdma_ip;
   dopts.key = options.key;
+  if (options.on_target) {
+    dopts.on_target = [&](const session::Target& target, std::string* told) -> Status {
+      report.layout.clear();
+      mode = options.mode;
+      RDMIG_RETURN_IF_ERROR(options.on_target(target, &mode));
+      report.mode = mode_name();
+      *told = report.mode;
+      return Status::Ok();
+    };
+  }
   const auto deadline = std::chrono::steady_clock::now() + options.timeout;
   Result<std::unique_ptr<session::DestinationSession>> accepted = listener.Accept(prepare, dopts);
   // A source that cannot authenticate is refused; the endpoint waits on for the right one.
@@ -137,7 +150,7 @@ Result<DestinationStreamReport> RunDestinationStream(session::DestinationListene
   }
   RDMIG_ASSIGN_OR_RETURN(std::unique_ptr<session::DestinationSession> d, std::move(accepted));
   // One migration per destination session: a second source gets "connection refused".
-  listener.Close();
+  if (!options.keep_listening) listener.Close();
   report.transport = d->receiver().capabilities().name;
   RDMIG_ASSIGN_OR_RETURN(Fd qemu, options.connect_qemu());
   bool ended = false;

@@ -53,6 +53,13 @@ struct DestinationStreamOptions {
   std::function<void(const Status&)> on_refused;  // told of each source refused
   // Opens the connection to the destination QEMU; called once the source is accepted.
   std::function<Result<Fd>()> connect_qemu;
+  // For a long-lived destination (`rdmig agent`): called after the source authenticated, with the
+  // target it named, before any memory is prepared. It may fill `*ram_files` and change the mode;
+  // an error refuses the source with that reason.
+  std::function<Status(const session::Target& target, Mode* mode)> on_target;
+  // Keep the listener open after accepting (an agent serves one migration after another); by
+  // default it is closed, so a second source gets "connection refused".
+  bool keep_listening = false;
 };
 
 struct DestinationStreamReport {

@@ -100,6 +100,7 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
   sopts.name = "rdmig send";
   sopts.transports = options.transports;
   sopts.key = options.key;
+  sopts.target = options.target;
   RDMIG_ASSIGN_OR_RETURN(std::unique_ptr<session::SourceSession> s,
                          session::SourceSession::Connect(options.destination, layout, sopts));
   Transport& tx = s->transport();

@@ -40,6 +40,7 @@ struct SourceStreamOptions {
   uint64_t max_bandwidth = 0;
   SourceStreamStats* stats = nullptr;  // if set, kept current while the migration runs
   std::string key;  // the shared secret of the control channel (control/session/auth.h); or none
+  session::Target target;  // when the destination is an `rdmig agent`: what it lands into
 };
 
 struct SourceStreamReport {

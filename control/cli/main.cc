@@ -25,6 +25,8 @@ int main(int argc, char** argv) {
   auto run_plan = rdmig::cli::AddPlanCommand(app);
   auto run_keygen = rdmig::cli::AddKeygenCommand(app);
   auto run_plot = rdmig::cli::AddPlotCommand(app);
+  auto run_agent = rdmig::cli::AddAgentCommand(app);
+  auto run_check_domain = rdmig::cli::AddCheckDomainCommand(app);
 
   try {
     app.parse(argc, argv);
@@ -43,5 +45,7 @@ int main(int argc, char** argv) {
   if (app.got_subcommand("plan")) return run_plan();
   if (app.got_subcommand("keygen")) return run_keygen();
   if (app.got_subcommand("plot")) return run_plot();
+  if (app.got_subcommand("agent")) return run_agent();
+  if (app.got_subcommand("check-domain")) return run_check_domain();
   return 2;
 }

@@ -15,6 +15,8 @@
 #include <thread>
 
 #include "control/cli/commands.h"
+#include "control/cli/follower.h"
+#include "control/cli/migrate_common.h"
 #include "control/cli/size.h"
 #include "control/cli/transport_choice.h"
 #include "control/convergence/actuator.h"
@@ -28,71 +30,30 @@ namespace rdmig::cli {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-using nlohmann::json;
 using qmp::QmpClient;
-
-struct MigrateArgs {
-  std::string source_qmp;
-  std::string dest_qmp;
-  std::string to;             // the destination endpoint (rdmig receive)
-  std::string native;         // instead of rdmig: migrate QEMU straight to this URI (baseline)
-  std::string dest_incoming;  // if set: `migrate-incoming` the destination QEMU at this URI first
-  uint32_t lanes = 4;
-  std::string transport = "auto";
-  std::string blackout_budget = "500ms";
-  std::string fixed_cost = "100ms";
-  std::string max_bandwidth;  // empty: no limit
-  std::string throttle = "auto";
-  bool auto_converge = false;  // --native only: QEMU's auto-converge with its defaults
-  double timeout_s = 600;
-  std::string json;
-  std::string timeline;
-  std::string key_file;
-  double progress_timeout_s = 30;
-};
 
 // QEMU's max-bandwidth when nothing should limit it (bytes/s).
 constexpr uint64_t kUnlimitedQemuBandwidth = 100ull << 30;
 
-double WallNow() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
-// The source endpoint on a thread: accepts QEMU on `listen_fd` and carries its stream.
-class SourceEndpointThread {
- public:
-  SourceEndpointThread(Fd listener, endpoint::SourceStreamOptions opts)
-      : listener_(std::move(listener)), opts_(std::move(opts)) {
-    thread_ = std::thread([this] {
-      Result<Fd> qemu = AcceptTcp(listener_.get(), std::chrono::seconds(60));
-      if (!qemu.ok()) {
-        result_ = qemu.status().Annotate("waiting for the source QEMU to connect");
-        return;
-      }
-      result_ = endpoint::RunSourceStream(qemu->get(), opts_);
-      // Closing QEMU's connection here makes a failed transfer fail the source migration.
-    });
-  }
-  ~SourceEndpointThread() {
-    if (thread_.joinable()) thread_.join();
-  }
-  const Result<endpoint::SourceStreamReport>& Join() {
-    if (thread_.joinable()) thread_.join();
-    return result_;
-  }
-
- private:
-  Fd listener_;
-  endpoint::SourceStreamOptions opts_;
-  std::thread thread_;
-  Result<endpoint::SourceStreamReport> result_{Error(Code::kInternal, "not run")};
-};
-
-// Set by SIGINT/SIGTERM: the operator wants the migration cancelled. The loop that follows the
-// migration cancels it in QEMU, waits for the source to settle, and releases the throttle.
 volatile std::sig_atomic_t g_cancel_signal = 0;
 extern "C" void OnCancelSignal(int sig) { g_cancel_signal = sig; }
+
+}  // namespace
+
+CancelOnSignals::CancelOnSignals() {
+  struct sigaction sa = {};
+  sa.sa_handler = OnCancelSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, &old_int_);
+  sigaction(SIGTERM, &sa, &old_term_);
+}
+
+CancelOnSignals::~CancelOnSignals() {
+  sigaction(SIGINT, &old_int_, nullptr);
+  sigaction(SIGTERM, &old_term_, nullptr);
+}
+
+int CancelSignal() { return g_cancel_signal; }
 
 int Fail(const MigrateArgs& a, const std::string& what, const Status& s) {
   spdlog::error("{}: {}", what, s.ToString());
@@ -103,226 +64,127 @@ int Fail(const MigrateArgs& a, const std::string& what, const Status& s) {
   return 1;
 }
 
-// Follows a running migration: samples the source every kSampleInterval, feeds the dirty-rate
-// tracker and the throttle controller, drives the actuator, and keeps the timeline.
-class Follower {
- public:
-  // A sample every kInterval, and never later than kLatest after the one before: QMP calls are
-  // bounded by what is left of kLatest. When QEMU's monitor is slow to answer (its main loop is
-  // busy, e.g. syncing the dirty bitmap) the sample keeps the last answer and says how old it is.
-  static constexpr auto kInterval = std::chrono::milliseconds(100);
-  static constexpr auto kLatest = std::chrono::milliseconds(200);
-  static constexpr auto kShortestCall = std::chrono::milliseconds(10);
-  static_assert(kInterval < kLatest && kLatest < std::chrono::milliseconds(250));
 
-  Follower(QmpClient* src, double t_migrate, const endpoint::SourceStreamStats* stats,
-           convergence::ThrottleController* controller, convergence::ThrottleActuator* actuator)
-      : src_(src),
-        t_migrate_(t_migrate),
-        stats_(stats),
-        controller_(controller),
-        actuator_(actuator) {}
-
-  // One step: waits up to the sample interval for an event, then samples. Returns the status.
-  std::string Step() {
-    const auto due = last_step_ + kInterval, latest = last_step_ + kLatest;
-    auto left = [&](Clock::time_point until) {
-      return std::max(kShortestCall,
-                      std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()));
-    };
-    auto ev = src_->WaitEvent("MIGRATION", left(due));
-    if (ev.ok()) status_ = ev->data.value("status", status_);
-    if (!stop_) {
-      stop_ = src_->TakeEvent("STOP");
-      // Switchover: the guest is stopped; give it its full speed back for when it runs again
-      // (here if the migration fails now, at the destination otherwise).
-      if (stop_ && actuator_) ReleaseThrottle();
-    }
-    auto q = src_->Execute("query-migrate", nullptr, left(latest));
-    const double now = WallNow();
-    if (q.ok()) {
-      info_ = *q;
-      info_time_ = now;
-      status_ = info_.value("status", status_);
-    }
-    if (dirty_rate_pending_ && left(latest) > 2 * kShortestCall) PollDirtyRateHint(left(latest));
-    last_step_ = Clock::now();
-    Sample();
-    return status_;
+// Prints the report of a completed migration (and writes it as JSON with --json).
+int ReportCompleted(const MigrateArgs& a, const Follower& follow, double t_migrate,
+                    const Ending& e, double budget_ms, double fixed_ms, double bandwidth) {
+  const std::optional<double>& stop = e.stop;
+  const std::optional<double>& resume = e.resume;
+  const auto& stream = e.stream;
+  json report;
+  report["outcome"] = "completed";
+  report["transport"] = stream ? stream->transport : "qemu-native";
+  report["mode"] = stream ? stream->mode : "native";
+  report["lanes"] = stream ? stream->lanes : 0;
+  report["transport_note"] = stream ? stream->transport_note : "";
+  report["blackout_budget_ms"] = budget_ms;
+  report["downtime_limit_ms"] = e.downtime_limit_ms;
+  report["max_bandwidth_Bps"] = bandwidth;
+  report["throttle_actuator"] = e.actuator;
+  if (!e.actuator_note.empty()) report["throttle_note"] = e.actuator_note;
+  report["peak_throttle_pct"] = follow.peak_throttle() * 100;
+  report["throttle_seconds"] = follow.throttle_seconds();
+  report["predicted_blackout_ms"] = follow.predicted_blackout_ms();
+  report["pass_records"] = follow.passes();
+  const json& info = e.info;
+  const json& ram = info.contains("ram") ? info["ram"] : json::object();
+  // What the blackout was made of: the bytes sent after STOP at the link's rate, and the rest, the
+  // fixed costs (stop, fence, destination load, resume) that --fixed-cost stands for.
+  std::optional<double> fixed_cost_measured;
+  if (stop && follow.link_bandwidth() > 0) {
+    const double final_bytes = stream ? static_cast<double>(e.stream_stats->wire_bytes.load())
+                                      : ram.value("transferred", 0.0);
+    const double after_stop =
+        std::max(0.0, final_bytes - follow.TransferredAt(*stop - t_migrate));
+    const double transfer_ms = after_stop / follow.link_bandwidth() * 1000;
+    report["blackout_bytes"] = after_stop;
+    report["blackout_transfer_ms"] = transfer_ms;
+    const double blackout = resume ? (*resume - *stop) * 1000
+                                   : (e.load_done - *stop) * 1000;
+    fixed_cost_measured = blackout - transfer_ms;
+    report["fixed_cost_measured_ms"] = *fixed_cost_measured;
+  }
+  report["qemu_downtime_ms"] = info.value("downtime", int64_t{0});
+  report["bytes"] = ram.value("transferred", int64_t{0});
+  report["pages"] = ram.value("normal", int64_t{0}) + ram.value("duplicate", int64_t{0});
+  report["passes"] = ram.value("dirty-sync-count", int64_t{0});
+  if (resume && stop) {
+    report["blackout_ms"] = (*resume - *stop) * 1000;
+    report["total_ms"] = (*resume - t_migrate) * 1000;
+  } else {
+    // The destination was started paused (-S): no RESUME. What the blackout would have been had it
+    // resumed at once is measured to the end of its load, which QEMU follows with the resume.
+    report["blackout_ms"] = nullptr;
+    report["total_ms"] = (e.load_done - t_migrate) * 1000;
+    report["destination"] = "paused";
+    if (stop) report["blackout_to_load_ms"] = (e.load_done - *stop) * 1000;
+  }
+  if (stream) {
+    report["stream_bytes"] = stream->stream_bytes;
+    report["lane_pages"] = stream->pages;
+    report["lane_bytes"] = stream->lane_bytes;
+    report["control_bytes"] = stream->control_bytes;
+    report["passthrough"] = stream->passthrough;
   }
 
-  void StartDirtyRateHint() {
-    // QEMU's page-sampling estimate over 1 s: the unthrottled rate, which the first pass can
-    // only bound from below when it redirties the whole working set.
-    dirty_rate_pending_ = src_->Execute("calc-dirty-rate", {{"calc-time", 1}}).ok();
+  std::printf("rdmig migrate: completed over %s (%s mode)\n",
+              report["transport"].get<std::string>().c_str(),
+              report["mode"].get<std::string>().c_str());
+  std::printf("  total       %.0f ms (migrate command to destination %s)\n",
+              report["total_ms"].get<double>(),
+              resume ? e.resume_source.c_str() : "load complete");
+  if (report["blackout_ms"].is_null() && report.contains("blackout_to_load_ms")) {
+    std::printf(
+        "  blackout    %.0f ms to the destination's load complete (source STOP to destination "
+        "MIGRATION completed; the destination was started paused, -S, so there is no "
+        "RESUME)\n",
+        report["blackout_to_load_ms"].get<double>());
+  } else if (report["blackout_ms"].is_null()) {
+    std::printf("  blackout    not measured: the destination was started paused (-S)\n");
+  } else {
+    std::printf(
+        "  blackout    %.0f ms (destination %s - source STOP), budget %.0f ms, "
+        "predicted %.0f ms\n",
+        report["blackout_ms"].get<double>(), e.resume_source.c_str(), budget_ms,
+        follow.predicted_blackout_ms());
   }
-
-  void ReleaseThrottle() {
-    if (!actuator_) return;
-    if (Status s = actuator_->Release(); !s.ok()) {
-      spdlog::error("releasing the vCPU throttle ({}): {}", actuator_->name(), s.ToString());
-    }
+  if (fixed_cost_measured) {
+    std::printf(
+        "  of which   %.0f ms sending %s at %s/s, %.0f ms fixed costs (stop, fence, load, "
+        "resume; --fixed-cost %.0f ms)\n",
+        report["blackout_transfer_ms"].get<double>(),
+        FormatBytes(report["blackout_bytes"].get<double>()).c_str(),
+        FormatBytes(follow.link_bandwidth()).c_str(), *fixed_cost_measured, fixed_ms);
   }
-
-  const json& info() const { return info_; }
-  const std::optional<QmpClient::Event>& stop() const { return stop_; }
-  const json& samples() const { return samples_; }
-  double peak_throttle() const { return peak_throttle_; }
-  double throttle_seconds() const { return throttle_seconds_; }
-  double predicted_blackout_ms() const { return predicted_at_stop_ms_; }
-  int passes_observed() const { return tracker_.pass(); }
-  const json& passes() const { return passes_; }
-  double link_bandwidth() const { return tracker_.peak_bandwidth(); }
-
-  // Bytes on the link at time t (seconds since the migrate command), from the samples.
-  double TransferredAt(double t) const {
-    double before_t = 0, before_b = 0;
-    for (const json& x : samples_) {
-      const double xt = x["t_s"].get<double>(), xb = x["transferred_bytes"].get<double>();
-      if (xt >= t) {
-        if (xt == before_t) return xb;
-        return before_b + (xb - before_b) * (t - before_t) / (xt - before_t);
-      }
-      before_t = xt;
-      before_b = xb;
-    }
-    return before_b;
+  std::printf("  throttle    peak %.0f%%, %.2f throttle-seconds (%s)\n",
+              follow.peak_throttle() * 100, follow.throttle_seconds(),
+              report["throttle_actuator"].get<std::string>().c_str());
+  std::printf("  QEMU downtime %lld ms, %s sent in %lld pages over %lld passes\n",
+              static_cast<long long>(report["qemu_downtime_ms"].get<int64_t>()),
+              FormatBytes(report["bytes"].get<double>()).c_str(),
+              static_cast<long long>(report["pages"].get<int64_t>()),
+              static_cast<long long>(report["passes"].get<int64_t>()));
+  if (stream && !stream->transport_note.empty()) {
+    std::printf("  transport: %s\n", stream->transport_note.c_str());
   }
-
-  void PrintProgress() const {
-    if (!info_.contains("ram")) return;
-    const json& ram = info_["ram"];
-    std::fprintf(stderr,
-                 "\r  %-9s pass %-3lld remaining %-11s bandwidth %-12s dirty %-12s throttle %3.0f%%"
-                 " predicted blackout %4.0f ms  ",
-                 status_.c_str(), static_cast<long long>(ram.value("dirty-sync-count", int64_t{0})),
-                 FormatBytes(ram.value("remaining", 0.0)).c_str(),
-                 (FormatBytes(tracker_.bandwidth()) + "/s").c_str(),
-                 (FormatBytes(tracker_.dirty_rate()) + "/s").c_str(), throttle_ * 100,
-                 predicted_ms_);
+  if (stream && !stream->passthrough.empty()) {
+    std::printf("  pass-through: %s\n", stream->passthrough.c_str());
   }
+  for (const auto& [k, v] : e.extra.items()) report[k] = v;
+  if (!a.json.empty()) std::ofstream(a.json) << report.dump(2) << "\n";
+  return 0;
+}
 
- private:
-  void PollDirtyRateHint(std::chrono::milliseconds timeout) {
-    auto r = src_->Execute("query-dirty-rate", nullptr, timeout);
-    if (!r.ok() && r.status().code() == Code::kTimeout) return;  // ask again next time
-    if (!r.ok()) {
-      dirty_rate_pending_ = false;
-      return;
-    }
-    if (r->value("status", "") != "measured") return;
-    dirty_rate_pending_ = false;
-    hint_ = r->value("dirty-rate", 0.0) * (1 << 20);  // MiB/s
-    if (controller_ && hint_ > 0) controller_->HintDirtyRate(hint_);
-  }
-
-  void Sample() {
-    const json& ram = info_.contains("ram") ? info_["ram"] : json::object();
-    const double t = WallNow() - t_migrate_;
-    // The actuator's own setting, or QEMU's throttle (auto-converge, or rdmig steering it).
-    throttle_ = std::max(actuator_ ? actuator_->current() : 0.0,
-                         info_.value("cpu-throttle-percentage", 0.0) / 100);
-    convergence::Sample s;
-    s.t = t;
-    s.sync_count = ram.value("dirty-sync-count", int64_t{0});
-    s.remaining = ram.value("remaining", 0.0);
-    s.transferred =
-        stats_ ? static_cast<double>(stats_->wire_bytes.load()) : ram.value("transferred", 0.0);
-    s.throttle = throttle_;
-    s.qemu_bandwidth = ram.value("mbps", 0.0) * 1e6 / 8;
-    s.pages = stats_ ? stats_->pages.load() : 0;
-    if (have_last_t_) throttle_seconds_ += last_throttle_ * (t - last_t_);
-    have_last_t_ = true;
-    last_t_ = t;
-    last_throttle_ = throttle_;
-    peak_throttle_ = std::max(peak_throttle_, throttle_);
-
-    auto obs = tracker_.Add(s);
-    if (obs) {
-      passes_.push_back({{"pass", obs->pass},
-                         {"end_s", t},
-                         {"duration_s", obs->duration_s},
-                         {"sent_bytes", obs->sent_bytes},
-                         {"pages", obs->pages},
-                         {"dirty_bytes_after", obs->dirty_bytes},
-                         {"bandwidth_Bps", obs->bandwidth},
-                         {"throttle_pct", obs->throttle * 100}});
-    }
-    if (obs && controller_ && actuator_ && !stop_ && status_ == "active") {
-      const double p = controller_->OnPass(*obs);
-      const double rate = controller_->capacity() * (1 - p);
-      if (p != requested_) {
-        requested_ = p;
-        if (Status st = actuator_->Set(p, rate); !st.ok()) {
-          spdlog::warn("vCPU throttle ({}) to {:.0f}%: {}", actuator_->name(), p * 100,
-                       st.ToString());
-        } else {
-          spdlog::debug("pass {}: {:.0f} MiB dirty in {:.2f} s at {:.0f} MiB/s; throttle {:.0f}%",
-                        obs->pass, obs->dirty_bytes / 1048576.0, obs->duration_s,
-                        obs->bandwidth / 1048576.0, p * 100);
-        }
-      }
-    }
-    const double bw = tracker_.bandwidth();
-    convergence::ThrottleController fallback{convergence::ControllerConfig{}};
-    const convergence::ThrottleController& c = controller_ ? *controller_ : fallback;
-    predicted_ms_ = bw > 0 ? c.PredictBlackoutSeconds(s.remaining, bw) * 1000 : 0;
-    if (!stop_) predicted_at_stop_ms_ = predicted_ms_;
-    samples_.push_back({{"t_s", t},
-                        {"status", status_},
-                        {"pass", tracker_.pass() + 1},
-                        {"remaining_bytes", s.remaining},
-                        {"transferred_bytes", s.transferred},
-                        {"bandwidth_Bps", bw},
-                        {"dirty_rate_Bps", tracker_.dirty_rate()},
-                        {"qemu_dirty_rate_Bps", ram.value("dirty-pages-rate", 0.0) * 4096},
-                        {"throttle_pct", throttle_ * 100},
-                        {"needed_throttle_pct", controller_ ? controller_->needed() * 100 : 0.0},
-                        {"predicted_blackout_ms", predicted_ms_},
-                        {"qemu_age_ms", (WallNow() - info_time_) * 1000}});
-  }
-
-  QmpClient* src_;
-  double t_migrate_;
-  const endpoint::SourceStreamStats* stats_;
-  convergence::ThrottleController* controller_;
-  convergence::ThrottleActuator* actuator_;
-  convergence::DirtyRateTracker tracker_;
-  std::string status_ = "active";
-  json info_ = json::object();
-  double info_time_ = 0;  // when info_ was answered
-  Clock::time_point last_step_ = Clock::now();
-  std::optional<QmpClient::Event> stop_;
-  json samples_ = json::array();
-  json passes_ = json::array();
-  bool dirty_rate_pending_ = false;
-  double hint_ = 0;
-  double throttle_ = 0;
-  double requested_ = 0;  // what the controller last asked the actuator for
-  double peak_throttle_ = 0;
-  double throttle_seconds_ = 0;
-  bool have_last_t_ = false;
-  double last_t_ = 0;
-  double last_throttle_ = 0;
-  double predicted_ms_ = 0;
-  double predicted_at_stop_ms_ = 0;
-};
+namespace {
 
 int RunMigrate(const MigrateArgs& a) {
+  if (!a.domain.empty()) return RunLibvirtMigrate(a);
+  if (a.source_qmp.empty() || a.dest_qmp.empty()) {
+    spdlog::error("give --source-qmp and --dest-qmp (QEMU), or --domain and --dest-uri (libvirt)");
+    return 2;
+  }
   // Ctrl-C (or SIGTERM) cancels the migration cleanly: nothing is left throttled or behind.
-  struct sigaction sa = {};
-  sa.sa_handler = OnCancelSignal;
-  sigemptyset(&sa.sa_mask);
-  struct sigaction old_int, old_term;
-  sigaction(SIGINT, &sa, &old_int);
-  sigaction(SIGTERM, &sa, &old_term);
-  struct RestoreSignals {
-    struct sigaction i, t;
-    ~RestoreSignals() {
-      sigaction(SIGINT, &i, nullptr);
-      sigaction(SIGTERM, &t, nullptr);
-    }
-  } restore{old_int, old_term};
+  CancelOnSignals cancel_on_signals;
   auto budget_ms = ParseMillis(a.blackout_budget);
   auto fixed_ms = ParseMillis(a.fixed_cost);
   Result<double> bandwidth =
@@ -418,6 +280,11 @@ int RunMigrate(const MigrateArgs& a) {
     opts.max_bandwidth = static_cast<uint64_t>(*bandwidth);
     opts.key = *key;
     opts.stats = &stream_stats;
+    if (!a.dest_socket.empty()) {
+      opts.target.qemu_socket = a.dest_socket;
+      opts.target.mode = a.dest_ram_files.empty() ? "staged" : "direct";
+      opts.target.ram_files = a.dest_ram_files;
+    }
     auto transports = ChooseTransports(a.transport);
     if (!transports.ok()) return Fail(a, "--transport", transports.status());
     opts.transports = *transports;
@@ -434,7 +301,8 @@ int RunMigrate(const MigrateArgs& a) {
   } cleanup{dir};
 
   const double t_migrate = WallNow();
-  Follower follow(&*src, t_migrate, rdmig ? &stream_stats : nullptr,
+  QmpSourceMonitor monitor(&*src);
+  Follower follow(&monitor, t_migrate, rdmig ? &stream_stats : nullptr,
                   throttling ? &controller : nullptr, actuator.get());
   // The timeline is written however the migration ends.
   struct TimelineWriter {
@@ -517,108 +385,20 @@ int RunMigrate(const MigrateArgs& a) {
       ev.ok()) {
     resume = ev->timestamp;
   }
-  std::optional<QmpClient::Event> stop = follow.stop();
-  if (!stop) stop = src->TakeEvent("STOP");
+  std::optional<double> stop = follow.stop();
+  if (!stop) stop = monitor.TakeStop();
 
-  json report;
-  report["outcome"] = "completed";
-  report["transport"] = stream ? stream->transport : "qemu-native";
-  report["mode"] = stream ? stream->mode : "native";
-  report["lanes"] = stream ? stream->lanes : 0;
-  report["transport_note"] = stream ? stream->transport_note : "";
-  report["blackout_budget_ms"] = *budget_ms;
-  report["downtime_limit_ms"] = downtime_limit_ms;
-  report["max_bandwidth_Bps"] = *bandwidth;
-  report["throttle_actuator"] =
-      actuator ? actuator->name() : (a.auto_converge ? "qemu-auto-converge" : "none");
-  if (!actuator_note.empty()) report["throttle_note"] = actuator_note;
-  report["peak_throttle_pct"] = follow.peak_throttle() * 100;
-  report["throttle_seconds"] = follow.throttle_seconds();
-  report["predicted_blackout_ms"] = follow.predicted_blackout_ms();
-  report["pass_records"] = follow.passes();
-  const json& ram = info.contains("ram") ? info["ram"] : json::object();
-  // What the blackout was made of: the bytes sent after STOP at the link's rate, and the rest, the
-  // fixed costs (stop, fence, destination load, resume) that --fixed-cost stands for.
-  std::optional<double> fixed_cost_measured;
-  if (stop && follow.link_bandwidth() > 0) {
-    const double final_bytes = stream ? static_cast<double>(stream_stats.wire_bytes.load())
-                                      : ram.value("transferred", 0.0);
-    const double after_stop =
-        std::max(0.0, final_bytes - follow.TransferredAt(stop->timestamp - t_migrate));
-    const double transfer_ms = after_stop / follow.link_bandwidth() * 1000;
-    report["blackout_bytes"] = after_stop;
-    report["blackout_transfer_ms"] = transfer_ms;
-    const double blackout = resume ? (*resume - stop->timestamp) * 1000
-                                   : (dst_done->timestamp - stop->timestamp) * 1000;
-    fixed_cost_measured = blackout - transfer_ms;
-    report["fixed_cost_measured_ms"] = *fixed_cost_measured;
-  }
-  report["qemu_downtime_ms"] = info.value("downtime", int64_t{0});
-  report["bytes"] = ram.value("transferred", int64_t{0});
-  report["pages"] = ram.value("normal", int64_t{0}) + ram.value("duplicate", int64_t{0});
-  report["passes"] = ram.value("dirty-sync-count", int64_t{0});
-  if (resume && stop) {
-    report["blackout_ms"] = (*resume - stop->timestamp) * 1000;
-    report["total_ms"] = (*resume - t_migrate) * 1000;
-  } else {
-    // The destination was started paused (-S): no RESUME. What the blackout would have been had it
-    // resumed at once is measured to the end of its load, which QEMU follows with the resume.
-    report["blackout_ms"] = nullptr;
-    report["total_ms"] = (dst_done->timestamp - t_migrate) * 1000;
-    report["destination"] = "paused";
-    if (stop) report["blackout_to_load_ms"] = (dst_done->timestamp - stop->timestamp) * 1000;
-  }
-  if (stream) {
-    report["stream_bytes"] = stream->stream_bytes;
-    report["lane_pages"] = stream->pages;
-    report["lane_bytes"] = stream->lane_bytes;
-    report["control_bytes"] = stream->control_bytes;
-    report["passthrough"] = stream->passthrough;
-  }
-
-  std::printf("rdmig migrate: completed over %s (%s mode)\n",
-              report["transport"].get<std::string>().c_str(),
-              report["mode"].get<std::string>().c_str());
-  std::printf("  total       %.0f ms (migrate command to destination %s)\n",
-              report["total_ms"].get<double>(), resume ? "RESUME" : "load complete");
-  if (report["blackout_ms"].is_null() && report.contains("blackout_to_load_ms")) {
-    std::printf(
-        "  blackout    %.0f ms to the destination's load complete (source STOP to destination "
-        "MIGRATION completed; the destination was started paused, -S, so there is no "
-        "RESUME)\n",
-        report["blackout_to_load_ms"].get<double>());
-  } else if (report["blackout_ms"].is_null()) {
-    std::printf("  blackout    not measured: the destination was started paused (-S)\n");
-  } else {
-    std::printf(
-        "  blackout    %.0f ms (destination RESUME - source STOP), budget %.0f ms, "
-        "predicted %.0f ms\n",
-        report["blackout_ms"].get<double>(), *budget_ms, follow.predicted_blackout_ms());
-  }
-  if (fixed_cost_measured) {
-    std::printf(
-        "  of which   %.0f ms sending %s at %s/s, %.0f ms fixed costs (stop, fence, load, "
-        "resume; --fixed-cost %.0f ms)\n",
-        report["blackout_transfer_ms"].get<double>(),
-        FormatBytes(report["blackout_bytes"].get<double>()).c_str(),
-        FormatBytes(follow.link_bandwidth()).c_str(), *fixed_cost_measured, *fixed_ms);
-  }
-  std::printf("  throttle    peak %.0f%%, %.2f throttle-seconds (%s)\n",
-              follow.peak_throttle() * 100, follow.throttle_seconds(),
-              report["throttle_actuator"].get<std::string>().c_str());
-  std::printf("  QEMU downtime %lld ms, %s sent in %lld pages over %lld passes\n",
-              static_cast<long long>(report["qemu_downtime_ms"].get<int64_t>()),
-              FormatBytes(report["bytes"].get<double>()).c_str(),
-              static_cast<long long>(report["pages"].get<int64_t>()),
-              static_cast<long long>(report["passes"].get<int64_t>()));
-  if (stream && !stream->transport_note.empty()) {
-    std::printf("  transport: %s\n", stream->transport_note.c_str());
-  }
-  if (stream && !stream->passthrough.empty()) {
-    std::printf("  pass-through: %s\n", stream->passthrough.c_str());
-  }
-  if (!a.json.empty()) std::ofstream(a.json) << report.dump(2) << "\n";
-  return 0;
+  Ending end;
+  end.info = info;
+  end.stop = stop;
+  end.resume = resume;
+  end.load_done = dst_done->timestamp;
+  end.stream = stream;
+  end.stream_stats = stream ? &stream_stats : nullptr;
+  end.actuator = actuator ? actuator->name() : (a.auto_converge ? "qemu-auto-converge" : "none");
+  end.actuator_note = actuator_note;
+  end.downtime_limit_ms = downtime_limit_ms;
+  return ReportCompleted(a, follow, t_migrate, end, *budget_ms, *fixed_ms, *bandwidth);
 }
 
 }  // namespace
@@ -626,9 +406,27 @@ int RunMigrate(const MigrateArgs& a) {
 std::function<int()> AddMigrateCommand(CLI::App& app) {
   auto a = std::make_shared<MigrateArgs>();
   CLI::App* cmd = app.add_subcommand("migrate", "live-migrate a QEMU guest through rdmig");
-  cmd->add_option("--source-qmp", a->source_qmp, "the source QEMU's QMP unix socket")->required();
-  cmd->add_option("--dest-qmp", a->dest_qmp, "the destination QEMU's QMP unix socket")->required();
-  cmd->add_option("--to", a->to, "the destination's `rdmig receive` control address HOST:PORT");
+  cmd->add_option("--source-qmp", a->source_qmp, "the source QEMU's QMP unix socket");
+  cmd->add_option("--dest-qmp", a->dest_qmp, "the destination QEMU's QMP unix socket");
+  cmd->add_option("--to", a->to,
+                  "the destination's `rdmig receive` or `rdmig agent` control address HOST:PORT");
+  cmd->add_option("--dest-socket", a->dest_socket,
+                  "to an `rdmig agent`: the unix socket the destination QEMU listens on "
+                  "(-incoming unix:PATH) on the agent's host");
+  cmd->add_option("--dest-ram-file", a->dest_ram_files,
+                  "to an `rdmig agent`, direct mode: BLOCK=PATH, the destination guest's RAM file "
+                  "on the agent's host (repeatable; without it: staged mode)");
+  cmd->add_option("--domain", a->domain,
+                  "libvirt: migrate this domain (with --dest-uri and --to the destination host's "
+                  "`rdmig agent`)");
+  cmd->add_option("--dest-uri", a->dest_uri,
+                  "libvirt: the destination libvirt, e.g. qemu+ssh://host/system (peer to peer: "
+                  "the source libvirtd connects to it)");
+  cmd->add_option("--connect", a->connect, "libvirt: this host's libvirt URI")
+      ->capture_default_str();
+  cmd->add_option("--socket-dir", a->socket_dir,
+                  "libvirt: where QEMU's migration socket is made, the same path on both hosts")
+      ->capture_default_str();
   cmd->add_option("--native", a->native,
                   "baseline: migrate with QEMU's own transport to URI instead of through rdmig");
   cmd->add_option(
@@ -648,8 +446,9 @@ std::function<int()> AddMigrateCommand(CLI::App& app) {
                   "hold the link to this rate, e.g. 100M/s or 1Gbit: rdmig's engine paces its "
                   "lanes (--native: QEMU's max-bandwidth); default no limit");
   cmd->add_option("--throttle", a->throttle,
-                  "vCPU throttle actuator: auto (dirty-limit, else cgroup, else cpu-throttle), "
-                  "dirty-limit, cgroup, cpu-throttle, or off")
+                  "vCPU throttle actuator: auto (dirty-limit, else cgroup, else cpu-throttle; "
+                  "--domain: libvirt-quota), dirty-limit, cgroup, cpu-throttle, libvirt-quota, "
+                  "or off")
       ->capture_default_str();
   cmd->add_flag("--auto-converge", a->auto_converge,
                 "--native baseline: turn on QEMU's auto-converge with its default parameters");

@@ -65,6 +65,13 @@ Result<std::unique_ptr<SourceSession>> SourceSession::Connect(const HostPort& co
   for (TransportKind k : options.transports) hello->add_transports(ToPb(k));
   hello->set_lanes(options.lanes);
   hello->set_source_name(options.name);
+  if (!options.target.empty()) {
+    pb::Target* t = hello->mutable_target();
+    t->set_qemu_socket(options.target.qemu_socket);
+    t->set_mode(options.target.mode);
+    t->set_domain(options.target.domain);
+    for (const std::string& f : options.target.ram_files) t->add_ram_files(f);
+  }
   for (const RegionSpec& r : regions) {
     pb::RegionLayout* l = hello->add_regions();
     l->set_id(r.id);
@@ -292,6 +299,15 @@ Result<std::unique_ptr<DestinationSession>> DestinationListener::Accept(
                         "the source authenticates but this destination has no key (--key-file): "
                         "refusing to run unauthenticated"));
   }
+  std::string mode = options.mode;
+  if (options.on_target) {
+    Target target;
+    target.qemu_socket = hello.target().qemu_socket();
+    target.mode = hello.target().mode();
+    target.domain = hello.target().domain();
+    for (const std::string& f : hello.target().ram_files()) target.ram_files.push_back(f);
+    if (Status ok = options.on_target(target, &mode); !ok.ok()) return refuse(ok);
+  }
   std::vector<RegionSpec> offered;
   for (const pb::RegionLayout& r : hello.regions())
     offered.push_back({r.id(), r.name(), r.length()});
@@ -307,7 +323,7 @@ Result<std::unique_ptr<DestinationSession>> DestinationListener::Accept(
   acc->set_protocol_version(kProtocolVersion);
   acc->set_lanes(hello.lanes());
   acc->set_session_id(d->session_id_);
-  acc->set_mode(options.mode);
+  acc->set_mode(mode);
   for (const Region& r : d->regions_->regions()) acc->add_regions(r.id);
 
   std::string note;

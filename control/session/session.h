@@ -33,6 +33,15 @@ struct RegionSpec {
   uint64_t length = 0;
 };
 
+// Where a long-lived destination (`rdmig agent`) lands a migration (session.proto's Target).
+struct Target {
+  std::string qemu_socket;
+  std::string mode;
+  std::string domain;
+  std::vector<std::string> ram_files;  // BLOCK=PATH
+  bool empty() const { return qemu_socket.empty(); }
+};
+
 struct SourceOptions {
   uint32_t lanes = 4;
   std::vector<TransportKind> transports = {TransportKind::kTcp};
@@ -41,6 +50,7 @@ struct SourceOptions {
   // The shared secret (control/session/auth.h); empty: no authentication. With a key the source
   // sends nothing to a destination that does not prove it holds the same key.
   std::string key;
+  Target target;  // for a destination agent: what to land this migration into
 };
 
 struct LandedReport {
@@ -100,6 +110,9 @@ struct DestinationOptions {
   // The shared secret; empty: no authentication. With a key, a source that does not prove it holds
   // it is refused before any memory is registered or any rkey sent.
   std::string key;
+  // Called once the source authenticated, before `prepare`, with the target the source named (empty
+  // when it named none). May set the mode told to the source; an error refuses the source with it.
+  std::function<Status(const Target& target, std::string* mode)> on_target;
 };
 
 // Called with the source's offered layout; fills `regions` with memory to land in, or refuses
@@ -141,6 +154,10 @@ class DestinationListener {
   // Stops listening: further sources are refused by the kernel (connection refused).
   void Close() { fd_.reset(); }
   const std::string& host() const { return host_; }
+  // Waits until a source is connecting (kTimeout when none came within `timeout`).
+  Status WaitPending(std::chrono::milliseconds timeout) const {
+    return WaitReadable(fd_.get(), timeout, "a source connecting");
+  }
 
   // Accepts one source and runs the handshake. A refused source gets the reason; the listener
   // stays usable (kPermissionDenied: the source failed authentication).

@@ -88,6 +88,61 @@ TEST_F(SessionTest, LayoutMismatchIsRefusedWithTheReason) {
   EXPECT_FALSE(dest.get().ok());
 }
 
+// An agent learns the target from the Hello before anything is prepared, may set the mode it
+// announces, and refuses a target it does not allow (nothing prepared then).
+TEST_F(SessionTest, TargetReachesTheDestinationBeforePrepare) {
+  Target seen;
+  auto dest = std::async(std::launch::async, [&]() -> Result<std::string> {
+    DestinationOptions o;
+    o.on_target = [&](const Target& t, std::string* mode) -> Status {
+      seen = t;
+      *mode = "direct";
+      return Status::Ok();
+    };
+    RDMIG_ASSIGN_OR_RETURN(auto d, listener_->Accept(Prepare(), o));
+    return std::string("accepted");
+  });
+  SourceOptions opts;
+  opts.target = {"/run/rdmig/g.sock", "direct", "g", {"pc.ram=/dev/shm/g"}};
+  auto s = SourceSession::Connect(addr(), {{0, "ram", kBytes}}, opts);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ((*s)->mode(), "direct");
+  ASSERT_TRUE(dest.get().ok());
+  EXPECT_EQ(seen.qemu_socket, "/run/rdmig/g.sock");
+  EXPECT_EQ(seen.mode, "direct");
+  EXPECT_EQ(seen.domain, "g");
+  ASSERT_EQ(seen.ram_files.size(), 1u);
+  EXPECT_EQ(seen.ram_files[0], "pc.ram=/dev/shm/g");
+}
+
+TEST_F(SessionTest, TargetRefusedBeforeAnythingIsPrepared) {
+  bool prepared = false;
+  auto dest = std::async(std::launch::async, [&] {
+    DestinationOptions o;
+    o.on_target = [](const Target& t, std::string*) -> Status {
+      return Error(Code::kPermissionDenied, "the agent does not feed QEMU sockets at " +
+                                                t.qemu_socket);
+    };
+    return listener_
+        ->Accept(
+            [&](const std::vector<RegionSpec>&, RegionRegistry*) {
+              prepared = true;
+              return Status::Ok();
+            },
+            o)
+        .status();
+  });
+  SourceOptions opts;
+  opts.target.qemu_socket = "/etc/evil.sock";
+  auto s = SourceSession::Connect(addr(), {{0, "ram", kBytes}}, opts);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.status().message().find("does not feed QEMU sockets at /etc/evil.sock"),
+            std::string::npos)
+      << s.status().ToString();
+  EXPECT_FALSE(dest.get().ok());
+  EXPECT_FALSE(prepared);
+}
+
 TEST_F(SessionTest, TooManyLanesRefused) {
   auto dest = std::async(std::launch::async, [&] {
     DestinationOptions o;

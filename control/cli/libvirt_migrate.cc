@@ -1,0 +1,346 @@
+// `rdmig migrate --domain NAME --dest-uri URI --to AGENT`: a libvirt domain through rdmig, the way
+// KubeVirt's migration proxy does it. libvirt migrates peer to peer with QEMU's stream going to a
+// unix socket rdmig listens on; rdmig carries it to the `rdmig agent` of the destination host, which
+// feeds the destination QEMU (listening on the same socket path there). libvirt's job statistics
+// feed the same follower, controller and report as the QMP path; the blackout is measured from
+// libvirt's lifecycle events: destination resumed (migrated) - source suspended (migrated).
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <fstream>
+#include <filesystem>
+#include <mutex>
+
+#include "control/cli/migrate_common.h"
+#include "control/cli/size.h"
+#include "control/cli/transport_choice.h"
+#include "control/libvirt/libvirt_client.h"
+#include "control/libvirt/quota_actuator.h"
+#include "control/session/auth.h"
+
+namespace rdmig::cli {
+
+namespace {
+
+namespace lv = rdmig::libvirt;
+
+// The source domain as the follower sees it: libvirt's job statistics, its lifecycle events, and
+// the outcome of the migration call. Thread-safety: the event thread and the migration thread
+// write under mu_; the follower's thread reads.
+class LibvirtSourceMonitor : public SourceMonitor {
+ public:
+  explicit LibvirtSourceMonitor(const lv::Domain* dom) : dom_(dom) {}
+
+  void OnSourceEvent(lv::Lifecycle kind, double t) {
+    if (kind != lv::Lifecycle::kSuspendedForMigration) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!stop_) stop_ = t;
+  }
+  void OnDestinationEvent(lv::Lifecycle kind, double t) {
+    if (kind != lv::Lifecycle::kResumedAfterMigration) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!resume_) resume_ = t;
+    cv_.notify_all();
+  }
+  void OnMigrationDone(Status s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    done_ = std::move(s);
+    cv_.notify_all();
+  }
+  std::optional<double> WaitResume(std::chrono::milliseconds wait) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, wait, [&] { return resume_.has_value(); });
+    return resume_;
+  }
+  std::optional<Status> done() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return done_;
+  }
+
+  std::optional<std::string> WaitStatus(std::chrono::milliseconds wait) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!cv_.wait_for(lock, wait, [&] { return done_.has_value() && !reported_done_; })) {
+      return std::nullopt;
+    }
+    reported_done_ = true;
+    return std::string(done_->ok() ? "completed" : aborted_ ? "cancelled" : "failed");
+  }
+  std::optional<double> TakeStop() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stop_;
+  }
+  Result<json> QueryMigrate(std::chrono::milliseconds) override {
+    if (auto d = done()) {
+      json j = last_;
+      j["status"] = d->ok() ? "completed" : aborted_ ? "cancelled" : "failed";
+      if (!d->ok()) j["error-desc"] = d->message();
+      return j;
+    }
+    RDMIG_ASSIGN_OR_RETURN(lv::JobStats js, dom_->GetJobStats(false));
+    json j;
+    j["status"] = js.active ? "active" : "setup";
+    j["ram"] = {{"remaining", js.remaining_bytes},
+                {"transferred", js.processed_bytes},
+                {"total", js.total_bytes},
+                {"mbps", js.bandwidth_Bps * 8 / 1e6},
+                {"dirty-sync-count", js.iteration},
+                {"dirty-pages-rate", js.dirty_rate_pps},
+                {"normal", js.normal_pages},
+                {"duplicate", js.constant_pages}};
+    j["cpu-throttle-percentage"] = js.auto_converge_throttle;
+    if (js.active) last_ = j;
+    return j;
+  }
+  void set_aborted() { aborted_ = true; }
+
+ private:
+  const lv::Domain* dom_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::optional<double> stop_;
+  std::optional<double> resume_;
+  std::optional<Status> done_;
+  bool reported_done_ = false;
+  std::atomic<bool> aborted_{false};
+  json last_ = json::object();
+};
+
+}  // namespace
+
+int RunLibvirtMigrate(const MigrateArgs& a) {
+  CancelOnSignals cancel_on_signals;
+  auto budget_ms = ParseMillis(a.blackout_budget);
+  auto fixed_ms = ParseMillis(a.fixed_cost);
+  Result<double> bandwidth =
+      a.max_bandwidth.empty() ? Result<double>(0.0) : ParseRate(a.max_bandwidth);
+  auto key =
+      a.key_file.empty() ? Result<std::string>(std::string()) : session::LoadKeyFile(a.key_file);
+  auto agent = ParseHostPort(a.to);
+  for (const Status& s : {budget_ms.status(), fixed_ms.status(), bandwidth.status(), key.status()}) {
+    if (!s.ok()) {
+      spdlog::error("{}", s.message());
+      return 2;
+    }
+  }
+  if (a.dest_uri.empty() || a.to.empty() || !agent.ok()) {
+    spdlog::error(
+        "--domain needs --dest-uri (the destination libvirt) and --to HOST:PORT (the destination "
+        "host's `rdmig agent`){}",
+        agent.ok() || a.to.empty() ? "" : ": " + agent.status().message());
+    return 2;
+  }
+  if (!a.native.empty() || !a.source_qmp.empty() || !a.dest_qmp.empty() || a.auto_converge) {
+    spdlog::error("--domain migrates through libvirt: --native, --source-qmp, --dest-qmp and "
+                  "--auto-converge are for QEMU without libvirt");
+    return 2;
+  }
+  if (*fixed_ms >= *budget_ms) {
+    spdlog::error("--blackout-budget {} ms leaves nothing after the fixed cost of {} ms", *budget_ms,
+                  *fixed_ms);
+    return 2;
+  }
+  if (a.throttle != "auto" && a.throttle != "libvirt-quota" && a.throttle != "off") {
+    spdlog::error("--throttle {}: with --domain the throttle is libvirt's vCPU quota: auto, "
+                  "libvirt-quota or off",
+                  a.throttle);
+    return 2;
+  }
+  convergence::ControllerConfig cc;
+  cc.budget_s = *budget_ms / 1000;
+  cc.fixed_cost_s = *fixed_ms / 1000;
+  convergence::ThrottleController controller(cc);
+
+  if (Status s = lv::StartEventLoop(); !s.ok()) return Fail(a, "libvirt", s);
+  auto conn = lv::Connection::Open(a.connect);
+  if (!conn.ok()) return Fail(a, "source libvirt", conn.status());
+  auto dom = conn->Lookup(a.domain);
+  if (!dom.ok()) return Fail(a, "source domain", dom.status());
+  auto state = dom->State();
+  if (!state.ok()) return Fail(a, "source domain", state.status());
+  if (*state != "running" && *state != "paused") {
+    return Fail(a, "source domain",
+                Error(Code::kInvalidArgument, "domain " + a.domain + " is " + *state +
+                                                  ": only a running domain can be live-migrated"));
+  }
+  auto xml = dom->XmlDesc();
+  if (!xml.ok()) return Fail(a, "source domain", xml.status());
+  const lv::DirectModeCheck check = lv::CheckDirectMode(*xml);
+  const std::string mode = check.direct ? "direct" : "staged";
+  if (!check.direct) {
+    spdlog::info("domain {}: staged mode ({}); `rdmig check-domain {}` says what to add", a.domain,
+                 check.reason, a.domain);
+  }
+  auto persistent = dom->IsPersistent();
+  if (!persistent.ok()) return Fail(a, "source domain", persistent.status());
+
+  LibvirtSourceMonitor monitor(&*dom);
+  if (Status s = conn->WatchLifecycle(
+          a.domain, [&](lv::Lifecycle k, double t) { monitor.OnSourceEvent(k, t); });
+      !s.ok()) {
+    return Fail(a, "source libvirt events", s);
+  }
+  // The destination's libvirt, only to see the guest resume there (the blackout's end). The
+  // migration itself reaches it from the source libvirtd, peer to peer.
+  auto dconn = lv::Connection::Open(a.dest_uri);
+  if (dconn.ok()) {
+    if (Status s = dconn->WatchLifecycle(
+            a.domain, [&](lv::Lifecycle k, double t) { monitor.OnDestinationEvent(k, t); });
+        !s.ok()) {
+      spdlog::warn("destination libvirt events: {}", s.ToString());
+    }
+  } else {
+    spdlog::warn("cannot watch the destination ({}); the blackout is libvirt's own figure",
+                 dconn.status().ToString());
+  }
+
+  std::unique_ptr<convergence::ThrottleActuator> actuator;
+  std::string actuator_note;
+  if (a.throttle != "off") {
+    auto made = lv::MakeQuotaActuator(*dom, a.connect);
+    if (made.ok()) {
+      actuator = std::move(made).value();
+    } else if (a.throttle == "libvirt-quota") {
+      return Fail(a, "vCPU throttle (libvirt-quota)", made.status());
+    } else {
+      actuator_note = "no throttle: " + made.status().message();
+    }
+  }
+
+  // QEMU's stream goes to a unix socket of the same path on both hosts: here rdmig listens on it,
+  // there the destination QEMU does and the agent connects to it.
+  std::error_code ec;
+  std::filesystem::create_directories(a.socket_dir, ec);
+  ::chmod(a.socket_dir.c_str(), 0700);
+  const std::string sock = (std::filesystem::path(a.socket_dir) /
+                            (a.domain + "-" + std::to_string(::getpid()) + ".sock"))
+                               .string();
+  ::unlink(sock.c_str());
+  auto listener = ListenUnix(sock);
+  if (!listener.ok()) return Fail(a, "source endpoint", listener.status());
+  struct SocketCleanup {
+    std::string path;
+    ~SocketCleanup() { ::unlink(path.c_str()); }
+  } socket_cleanup{sock};
+  endpoint::SourceStreamStats stream_stats;
+  endpoint::SourceStreamOptions opts;
+  opts.destination = *agent;
+  opts.lanes = a.lanes;
+  opts.max_bandwidth = static_cast<uint64_t>(*bandwidth);
+  opts.key = *key;
+  opts.stats = &stream_stats;
+  opts.target.qemu_socket = sock;
+  opts.target.mode = mode;
+  opts.target.domain = a.domain;
+  auto transports = ChooseTransports(a.transport);
+  if (!transports.ok()) return Fail(a, "--transport", transports.status());
+  opts.transports = *transports;
+  opts.timeout = std::chrono::milliseconds(static_cast<int64_t>(a.progress_timeout_s * 1000));
+  SourceEndpointThread endpoint(std::move(listener).value(), opts);
+
+  const double downtime_limit_ms = controller.DowntimeLimitSeconds() * 1000;
+  const auto downtime = std::chrono::milliseconds(std::llround(downtime_limit_ms));
+  if (Status s = dom->SetMaxDowntime(downtime); !s.ok()) {
+    spdlog::warn("{} (set again once the migration runs)", s.ToString());
+  }
+
+  const double t_migrate = WallNow();
+  Follower follow(&monitor, t_migrate, &stream_stats, actuator ? &controller : nullptr,
+                  actuator.get());
+  struct TimelineWriter {
+    const std::string& path;
+    const Follower& f;
+    double budget_ms;
+    ~TimelineWriter() {
+      if (path.empty()) return;
+      std::ofstream out(path);
+      out << json{{"budget_ms", budget_ms}, {"samples", f.samples()}}.dump(1) << "\n";
+    }
+  } timeline_writer{a.timeline, follow, *budget_ms};
+
+  std::thread migration([&] {
+    monitor.OnMigrationDone(dom->MigrateToUri3(a.dest_uri, "unix://" + sock, *persistent));
+  });
+  struct Joiner {
+    std::thread& t;
+    ~Joiner() {
+      if (t.joinable()) t.join();
+    }
+  } joiner{migration};
+
+  const bool tty = isatty(STDERR_FILENO);
+  const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(a.timeout_s * 1000));
+  const auto deadline = Clock::now() + timeout;
+  std::string status = "setup";
+  std::string cancel_reason;
+  bool downtime_set = false;
+  while (status != "completed" && status != "failed" && status != "cancelled") {
+    if (cancel_reason.empty() && (Clock::now() > deadline || CancelSignal() != 0)) {
+      cancel_reason = CancelSignal() != 0
+                          ? std::string("cancelled on ") +
+                                (CancelSignal() == SIGINT ? "SIGINT" : "SIGTERM")
+                          : "still " + status + " after the --timeout; cancelled";
+      monitor.set_aborted();
+      if (Status s = dom->AbortJob(); !s.ok()) spdlog::error("{}", s.ToString());
+    }
+    status = follow.Step();
+    // libvirt applies its own migration parameters when the job starts: ours go in after.
+    if (status == "active" && !downtime_set) {
+      downtime_set = true;
+      if (Status s = dom->SetMaxDowntime(downtime); !s.ok()) spdlog::warn("{}", s.ToString());
+    }
+    if (tty) follow.PrintProgress();
+  }
+  follow.ReleaseThrottle();
+  if (tty) std::fprintf(stderr, "\n");
+  migration.join();
+  const Status outcome = monitor.done().value_or(Error(Code::kInternal, "no outcome"));
+  if (!outcome.ok()) endpoint.Cancel();
+  const auto& stream_result = endpoint.Join();
+  if (!outcome.ok()) {
+    std::string why = outcome.message();
+    if (!stream_result.ok() && stream_result.status().code() != Code::kInternal) {
+      why += "; rdmig: " + stream_result.status().ToString();
+    }
+    auto st = dom->State();
+    why += "; the source domain is " + (st.ok() ? *st : std::string("unknown"));
+    return Fail(a, "migration",
+                Error(Code::kAborted, cancel_reason.empty() ? why : cancel_reason + ": " + why));
+  }
+  if (!stream_result.ok()) {
+    // libvirt says done but rdmig's engine failed: impossible unless the stream bypassed it.
+    return Fail(a, "rdmig", stream_result.status());
+  }
+
+  Ending end;
+  end.info = monitor.QueryMigrate(std::chrono::milliseconds(0)).value();
+  // The completed job's own figures, when libvirt keeps them (a persistent source domain).
+  if (auto done = dom->GetJobStats(true); done.ok()) {
+    json& ram = end.info["ram"];
+    ram["transferred"] = done->processed_bytes;
+    ram["normal"] = done->normal_pages;
+    ram["duplicate"] = done->constant_pages;
+    ram["dirty-sync-count"] = done->iteration;
+    if (done->has_downtime) {
+      end.info["downtime"] = done->downtime_ms;
+      end.extra["libvirt_downtime_ms"] = done->downtime_ms;
+    }
+  }
+  end.stop = monitor.TakeStop();
+  end.resume = monitor.WaitResume(std::chrono::seconds(10));
+  end.load_done = end.resume.value_or(WallNow());
+  end.resume_source = "resumed (libvirt event)";
+  end.stream = *stream_result;
+  end.stream_stats = &stream_stats;
+  end.actuator = actuator ? actuator->name() : "none";
+  end.actuator_note = actuator_note;
+  end.downtime_limit_ms = downtime_limit_ms;
+  end.extra["domain"] = a.domain;
+  end.extra["dest_uri"] = a.dest_uri;
+  return ReportCompleted(a, follow, t_migrate, end, *budget_ms, *fixed_ms, *bandwidth);
+}
+
+}  // namespace rdmig::cli

@@ -1,0 +1,120 @@
+// What the two ways of driving `rdmig migrate` share: QMP to both QEMUs (migrate_command.cc) and
+// a libvirt domain (libvirt_migrate.cc). Thread-safety: see each type.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <csignal>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "control/cli/follower.h"
+#include "qemu-plugin/source_endpoint.h"
+
+namespace rdmig::cli {
+
+struct MigrateArgs {
+  std::string source_qmp;
+  std::string dest_qmp;
+  std::string to;             // the destination endpoint (rdmig receive)
+  std::string native;         // instead of rdmig: migrate QEMU straight to this URI (baseline)
+  std::string dest_incoming;  // if set: `migrate-incoming` the destination QEMU at this URI first
+  uint32_t lanes = 4;
+  std::string transport = "auto";
+  std::string blackout_budget = "500ms";
+  std::string fixed_cost = "100ms";
+  std::string max_bandwidth;  // empty: no limit
+  std::string throttle = "auto";
+  bool auto_converge = false;  // --native only: QEMU's auto-converge with its defaults
+  double timeout_s = 600;
+  std::string json;
+  std::string timeline;
+  std::string key_file;
+  double progress_timeout_s = 30;
+  // To an `rdmig agent` (--to): the destination QEMU's incoming unix socket on its host, and in
+  // direct mode its RAM files (BLOCK=PATH).
+  std::string dest_socket;
+  std::vector<std::string> dest_ram_files;
+  // libvirt: the domain, the destination libvirt, and this host's libvirt.
+  std::string domain;
+  std::string dest_uri;
+  std::string connect = "qemu:///system";
+  std::string socket_dir = "/run/rdmig";
+};
+
+// The source endpoint on a thread: accepts QEMU on `listen_fd` and carries its stream.
+class SourceEndpointThread {
+ public:
+  SourceEndpointThread(Fd listener, endpoint::SourceStreamOptions opts)
+      : listener_(std::move(listener)), opts_(std::move(opts)) {
+    thread_ = std::thread([this] {
+      Result<Fd> qemu = AcceptTcp(listener_.get(), std::chrono::seconds(120));
+      if (!qemu.ok()) {
+        result_ = qemu.status().Annotate("waiting for the source QEMU to connect");
+        return;
+      }
+      result_ = endpoint::RunSourceStream(qemu->get(), opts_);
+      // Closing QEMU's connection here makes a failed transfer fail the source migration.
+    });
+  }
+  ~SourceEndpointThread() {
+    if (thread_.joinable()) thread_.join();
+  }
+  // Stops waiting for QEMU if it has not connected yet (the migration failed before it could).
+  void Cancel() { ::shutdown(listener_.get(), SHUT_RDWR); }
+  const Result<endpoint::SourceStreamReport>& Join() {
+    if (thread_.joinable()) thread_.join();
+    return result_;
+  }
+
+ private:
+  Fd listener_;
+  endpoint::SourceStreamOptions opts_;
+  std::thread thread_;
+  Result<endpoint::SourceStreamReport> result_{Error(Code::kInternal, "not run")};
+};
+
+// Set by SIGINT/SIGTERM: the operator wants the migration cancelled. The loop that follows the
+// migration cancels it in QEMU, waits for the source to settle, and releases the throttle.
+// Installed for the life of the object; CancelSignal() is the signal seen (0: none).
+class CancelOnSignals {
+ public:
+  CancelOnSignals();
+  ~CancelOnSignals();
+  CancelOnSignals(const CancelOnSignals&) = delete;
+  CancelOnSignals& operator=(const CancelOnSignals&) = delete;
+
+ private:
+  struct sigaction old_int_ {};
+  struct sigaction old_term_ {};
+};
+int CancelSignal();
+
+// Logs `what: s`, writes {"outcome": "failed", "error": ...} to --json, returns exit status 1.
+int Fail(const MigrateArgs& a, const std::string& what, const Status& s);
+
+// A completed migration, however it was driven (QMP or libvirt): what the report is made of.
+struct Ending {
+  json info;                    // the source's last query-migrate-shaped state
+  std::optional<double> stop;   // source STOP (wall-clock seconds)
+  std::optional<double> resume; // destination resumed the guest
+  double load_done = 0;         // destination's load completed
+  std::optional<endpoint::SourceStreamReport> stream;  // rdmig's engine carried it
+  const endpoint::SourceStreamStats* stream_stats = nullptr;
+  std::string actuator;
+  std::string actuator_note;
+  double downtime_limit_ms = 0;
+  std::string resume_source = "RESUME";  // how the resume was seen, for the report's wording
+  json extra = json::object();           // more fields for the report (e.g. libvirt's own view)
+};
+
+// Prints the report of a completed migration (and writes it as JSON with --json).
+int ReportCompleted(const MigrateArgs& a, const Follower& follow, double t_migrate,
+                    const Ending& e, double budget_ms, double fixed_ms, double bandwidth);
+
+// `rdmig migrate --domain`: the libvirt way.
+int RunLibvirtMigrate(const MigrateArgs& a);
+
+}  // namespace rdmig::cli
