@@ -8,7 +8,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <atomic>
 #include <climits>
+#include <thread>
 #include <vector>
 
 #include "qemu-plugin/stream/chunk.h"
@@ -65,6 +67,46 @@ struct Staging {
   }
 };
 
+// Carries what the destination QEMU writes back on its migration socket (its return path) to the
+// source, on a thread of its own, until QEMU closes its side or Stop(). Only sockets have one.
+class ReturnPathPump {
+ public:
+  ReturnPathPump(int qemu_fd, session::DestinationSession* d) {
+    struct stat st {};
+    if (::fstat(qemu_fd, &st) != 0 || !S_ISSOCK(st.st_mode)) return;
+    thread_ = std::thread([this, qemu_fd, d] {
+      std::byte b[4096];
+      while (!stop_.load()) {
+        if (!WaitReadable(qemu_fd, std::chrono::milliseconds(100), "destination QEMU").ok()) {
+          continue;  // nothing yet (or stopping)
+        }
+        const ssize_t n = ::recv(qemu_fd, b, sizeof(b), MSG_DONTWAIT);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+        if (n <= 0) {
+          (void)d->SendReturnPath({}, true);
+          return;
+        }
+        if (!d->SendReturnPath({reinterpret_cast<const char*>(b), static_cast<size_t>(n)}, false)
+                 .ok()) {
+          return;
+        }
+      }
+    });
+  }
+  ~ReturnPathPump() { Stop(); }
+  ReturnPathPump(const ReturnPathPump&) = delete;
+  ReturnPathPump& operator=(const ReturnPathPump&) = delete;
+  // Must run before QEMU's socket is closed.
+  void Stop() {
+    stop_.store(true);
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
 }  // namespace
 
 Result<DestinationStreamReport> RunDestinationStream(session::DestinationListener& listener,
@@ -115,7 +157,8 @@ Result<DestinationStreamReport> RunDestinationStream(session::DestinationListene
       for (const auto& [name, file] : *options.ram_files) {
         if (report.layout.find(name + " ") == std::string::npos) {
           return Error(Code::kInvalidArgument,
-                       "the source's guest has no RAM block '" + name + "'");
+                       "the source's guest has no RAM block '" + name + "' (its blocks: " +
+                           report.layout + ")");
         }
       }
     }
@@ -153,6 +196,7 @@ Result<DestinationStreamReport> RunDestinationStream(session::DestinationListene
   if (!options.keep_listening) listener.Close();
   report.transport = d->receiver().capabilities().name;
   RDMIG_ASSIGN_OR_RETURN(Fd qemu, options.connect_qemu());
+  ReturnPathPump return_path(qemu.get(), d.get());  // declared after `qemu`: stops before it closes
   bool ended = false;
   std::vector<iovec> iov;
 
@@ -181,6 +225,7 @@ Result<DestinationStreamReport> RunDestinationStream(session::DestinationListene
     ++report.chunks;
     if (c.end()) {
       ended = true;
+      return_path.Stop();
       qemu.reset();  // QEMU has its whole stream
     }
     return Status::Ok();

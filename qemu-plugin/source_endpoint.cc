@@ -1,5 +1,7 @@
 #include "qemu-plugin/source_endpoint.h"
 
+#include <poll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -56,6 +58,21 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
   stream::ChunkWriter chunk;
   Clock::time_point start;
   auto next_progress = Clock::now();
+  session::SourceSession* live = nullptr;  // once connected: its control channel is watched too
+
+  // Waits until QEMU's stream is readable; meanwhile passes what the destination sends unasked
+  // (its QEMU's return path: QEMU waits for the destination's SHUT before it ends its stream).
+  auto wait_stream = [&]() -> Status {
+    if (live == nullptr) return Status::Ok();
+    for (;;) {
+      pollfd fds[2] = {{qemu_fd, POLLIN, 0}, {live->control().fd(), POLLIN, 0}};
+      const int r = ::poll(fds, 2, -1);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) return Status::FromErrno("poll QEMU's stream", errno);
+      if (fds[1].revents != 0) RDMIG_RETURN_IF_ERROR(live->Pump(options.timeout));
+      if (fds[0].revents != 0) return Status::Ok();
+    }
+  };
 
   // Reads more of QEMU's stream after the parsed prefix [0, used) is no longer needed.
   auto refill = [&](size_t used, bool read) -> Status {
@@ -65,6 +82,7 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
       parser.ForcePassthrough("a record larger than the stream buffer", &items);
     }
     if (!read || have == buf.size() || eof) return Status::Ok();
+    RDMIG_RETURN_IF_ERROR(wait_stream());
     RDMIG_ASSIGN_OR_RETURN(size_t n, ReadSome(qemu_fd, buf.data() + have, buf.size() - have));
     if (report.stream_bytes == 0 && n > 0) start = Clock::now();
     report.stream_bytes += n;
@@ -101,8 +119,15 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
   sopts.transports = options.transports;
   sopts.key = options.key;
   sopts.target = options.target;
+  // The destination QEMU's answers go to the source QEMU on its own socket. A source QEMU that went
+  // away cannot take them: its migration has failed anyway.
+  sopts.on_return_path = [qemu_fd](std::string_view data, bool closed) {
+    if (!data.empty()) (void)SendAll(qemu_fd, data.data(), data.size(), "source QEMU");
+    if (closed) ::shutdown(qemu_fd, SHUT_WR);
+  };
   RDMIG_ASSIGN_OR_RETURN(std::unique_ptr<session::SourceSession> s,
                          session::SourceSession::Connect(options.destination, layout, sopts));
+  live = s.get();
   Transport& tx = s->transport();
   RDMIG_RETURN_IF_ERROR(tx.RegisterSource(buf));
   report.transport = tx.capabilities().name;

@@ -130,6 +130,12 @@ int RunAgent(const AgentArgs& a) {
     spdlog::error("{}", transports.status().message());
     return 2;
   }
+  // libvirt's destination QEMU listens in /run/rdmig: the directory must exist on this host.
+  for (const std::string& d : a.allow) {
+    if (d != "/run/rdmig") continue;
+    std::error_code ec;
+    if (fs::create_directories(d, ec)) fs::permissions(d, fs::perms::owner_all, ec);
+  }
   struct sigaction sa = {};
   sa.sa_handler = OnStop;
   sigemptyset(&sa.sa_mask);

@@ -49,6 +49,7 @@ class LibvirtSourceMonitor : public SourceMonitor {
   void OnMigrationDone(Status s) {
     std::lock_guard<std::mutex> lock(mu_);
     done_ = std::move(s);
+    done_time_ = WallNow();
     cv_.notify_all();
   }
   std::optional<double> WaitResume(std::chrono::milliseconds wait) {
@@ -59,6 +60,10 @@ class LibvirtSourceMonitor : public SourceMonitor {
   std::optional<Status> done() {
     std::lock_guard<std::mutex> lock(mu_);
     return done_;
+  }
+  double done_time() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return done_time_;
   }
 
   std::optional<std::string> WaitStatus(std::chrono::milliseconds wait) override {
@@ -104,6 +109,7 @@ class LibvirtSourceMonitor : public SourceMonitor {
   std::optional<double> stop_;
   std::optional<double> resume_;
   std::optional<Status> done_;
+  double done_time_ = 0;
   bool reported_done_ = false;
   std::atomic<bool> aborted_{false};
   json last_ = json::object();
@@ -200,7 +206,9 @@ int RunLibvirtMigrate(const MigrateArgs& a) {
   std::unique_ptr<convergence::ThrottleActuator> actuator;
   std::string actuator_note;
   if (a.throttle != "off") {
-    auto made = lv::MakeQuotaActuator(*dom, a.connect);
+    auto pid = lv::DomainQemuPid(a.domain);
+    auto made = pid.ok() ? lv::MakeQuotaActuator(a.domain, *pid)
+                         : Result<std::unique_ptr<convergence::ThrottleActuator>>(pid.status());
     if (made.ok()) {
       actuator = std::move(made).value();
     } else if (a.throttle == "libvirt-quota") {
@@ -262,7 +270,8 @@ int RunLibvirtMigrate(const MigrateArgs& a) {
   } timeline_writer{a.timeline, follow, *budget_ms};
 
   std::thread migration([&] {
-    monitor.OnMigrationDone(dom->MigrateToUri3(a.dest_uri, "unix://" + sock, *persistent));
+    monitor.OnMigrationDone(
+        dom->MigrateToUri3(a.dest_uri, "unix://" + sock, *persistent, a.paused));
   });
   struct Joiner {
     std::thread& t;
@@ -330,9 +339,13 @@ int RunLibvirtMigrate(const MigrateArgs& a) {
     }
   }
   end.stop = monitor.TakeStop();
-  end.resume = monitor.WaitResume(std::chrono::seconds(10));
-  end.load_done = end.resume.value_or(WallNow());
+  // A destination left paused never resumes: the blackout is then measured to the end of
+  // libvirt's migration call (the destination's load finished).
+  if (!a.paused) end.resume = monitor.WaitResume(std::chrono::seconds(10));
+  end.load_done = end.resume.value_or(monitor.done_time());
   end.resume_source = "resumed (libvirt event)";
+  end.load_source = "libvirt's migration call returning";
+  end.paused_why = "the destination domain was left paused (--paused)";
   end.stream = *stream_result;
   end.stream_stats = &stream_stats;
   end.actuator = actuator ? actuator->name() : "none";

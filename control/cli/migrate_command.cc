@@ -135,12 +135,11 @@ int ReportCompleted(const MigrateArgs& a, const Follower& follow, double t_migra
               resume ? e.resume_source.c_str() : "load complete");
   if (report["blackout_ms"].is_null() && report.contains("blackout_to_load_ms")) {
     std::printf(
-        "  blackout    %.0f ms to the destination's load complete (source STOP to destination "
-        "MIGRATION completed; the destination was started paused, -S, so there is no "
-        "RESUME)\n",
-        report["blackout_to_load_ms"].get<double>());
+        "  blackout    %.0f ms to the destination's load complete (source STOP to %s; %s, so "
+        "there is no resume)\n",
+        report["blackout_to_load_ms"].get<double>(), e.load_source.c_str(), e.paused_why.c_str());
   } else if (report["blackout_ms"].is_null()) {
-    std::printf("  blackout    not measured: the destination was started paused (-S)\n");
+    std::printf("  blackout    not measured: %s\n", e.paused_why.c_str());
   } else {
     std::printf(
         "  blackout    %.0f ms (destination %s - source STOP), budget %.0f ms, "
@@ -424,6 +423,8 @@ std::function<int()> AddMigrateCommand(CLI::App& app) {
                   "the source libvirtd connects to it)");
   cmd->add_option("--connect", a->connect, "libvirt: this host's libvirt URI")
       ->capture_default_str();
+  cmd->add_flag("--paused", a->paused,
+               "libvirt: leave the domain paused on the destination (resume it with virsh resume)");
   cmd->add_option("--socket-dir", a->socket_dir,
                   "libvirt: where QEMU's migration socket is made, the same path on both hosts")
       ->capture_default_str();

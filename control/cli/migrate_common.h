@@ -42,6 +42,7 @@ struct MigrateArgs {
   std::string dest_uri;
   std::string connect = "qemu:///system";
   std::string socket_dir = "/run/rdmig";
+  bool paused = false;  // leave the destination domain paused
 };
 
 // The source endpoint on a thread: accepts QEMU on `listen_fd` and carries its stream.
@@ -107,6 +108,8 @@ struct Ending {
   std::string actuator_note;
   double downtime_limit_ms = 0;
   std::string resume_source = "RESUME";  // how the resume was seen, for the report's wording
+  std::string load_source = "destination MIGRATION completed";  // how load_done was seen
+  std::string paused_why = "the destination was started paused (-S)";
   json extra = json::object();           // more fields for the report (e.g. libvirt's own view)
 };
 

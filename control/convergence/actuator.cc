@@ -77,21 +77,13 @@ class CgroupActuator : public ThrottleActuator {
     a->mount_ = mount;
     for (int64_t tid : tids) {
       // The thread's current group, to put it back there on release.
-      std::ifstream in("/proc/" + std::to_string(tid) + "/cgroup");
-      if (!in) {
+      const std::string file = "/proc/" + std::to_string(tid) + "/cgroup";
+      if (::access(file.c_str(), R_OK) != 0) {
         return Error(Code::kUnavailable, "vCPU thread " + std::to_string(tid) +
                                              " is not on this host (QEMU runs elsewhere?)");
       }
-      std::string line, group = "/";
-      while (std::getline(in, line)) {
-        // "4:cpu,cpuacct:/some/group" or "1:cpu:/"
-        const size_t a1 = line.find(':'), a2 = line.find(':', a1 + 1);
-        if (a1 == std::string::npos || a2 == std::string::npos) continue;
-        std::stringstream controllers(line.substr(a1 + 1, a2 - a1 - 1));
-        for (std::string c; std::getline(controllers, c, ',');) {
-          if (c == "cpu") group = line.substr(a2 + 1);
-        }
-      }
+      std::string group = CpuGroupIn(file);
+      if (group.empty()) group = "/";
       a->threads_.push_back({tid, fs::path(mount) / fs::path(group).relative_path()});
     }
     a->dir_ = a->threads_.front().home /
@@ -296,6 +288,21 @@ Result<bool> DirtyLimitWorks(qmp::QmpClient* qmp) {
 }
 
 }  // namespace
+
+std::string CpuGroupIn(const std::string& proc_cgroup_file) {
+  std::ifstream in(proc_cgroup_file);
+  std::string line, group;
+  while (std::getline(in, line)) {
+    // "4:cpu,cpuacct:/some/group" or "1:cpu:/"
+    const size_t a1 = line.find(':'), a2 = line.find(':', a1 + 1);
+    if (a1 == std::string::npos || a2 == std::string::npos) continue;
+    std::stringstream controllers(line.substr(a1 + 1, a2 - a1 - 1));
+    for (std::string c; std::getline(controllers, c, ',');) {
+      if (c == "cpu") group = line.substr(a2 + 1);
+    }
+  }
+  return group;
+}
 
 std::string CpuCgroupMount() {
   std::ifstream mounts("/proc/mounts");

@@ -45,4 +45,7 @@ Result<std::unique_ptr<ThrottleActuator>> ChooseActuator(const std::string& choi
 // The cgroup v1 cpu controller's mount point ("" when there is none).
 std::string CpuCgroupMount();
 
+// The cpu controller's group in a /proc/.../cgroup file ("" when it names none), e.g. "/a/b".
+std::string CpuGroupIn(const std::string& proc_cgroup_file);
+
 }  // namespace rdmig::convergence

@@ -175,7 +175,7 @@ Status Domain::AbortJob() const {
 }
 
 Status Domain::MigrateToUri3(const std::string& dest_uri, const std::string& migrate_uri,
-                             bool persist) const {
+                             bool persist, bool paused) const {
   virTypedParameterPtr params = nullptr;
   int n = 0, max = 0;
   if (virTypedParamsAddString(&params, &n, &max, VIR_MIGRATE_PARAM_URI, migrate_uri.c_str()) < 0) {
@@ -183,56 +183,12 @@ Status Domain::MigrateToUri3(const std::string& dest_uri, const std::string& mig
   }
   unsigned flags = VIR_MIGRATE_LIVE | VIR_MIGRATE_PEER2PEER;
   if (persist) flags |= VIR_MIGRATE_PERSIST_DEST;
+  if (paused) flags |= VIR_MIGRATE_PAUSED;
   const int r = virDomainMigrateToURI3(D(dom_), dest_uri.c_str(), params, n, flags);
   Status s = r < 0 ? LastError("libvirt migration of " + name_ + " to " + dest_uri, Code::kAborted)
                    : Status::Ok();
   virTypedParamsFree(params, n);
   return s;
-}
-
-Result<Domain::VcpuQuota> Domain::GetVcpuQuota() const {
-  int n = 0;
-  char* type = virDomainGetSchedulerType(D(dom_), &n);
-  if (type == nullptr) return LastError("scheduler of domain " + name_);
-  std::free(type);
-  std::vector<virTypedParameter> params(static_cast<size_t>(std::max(n, 1)));
-  if (virDomainGetSchedulerParametersFlags(D(dom_), params.data(), &n, VIR_DOMAIN_AFFECT_LIVE) <
-      0) {
-    return LastError("scheduler parameters of domain " + name_);
-  }
-  VcpuQuota q;
-  bool have_period = false, have_quota = false;
-  for (int i = 0; i < n; ++i) {
-    const std::string field = params[i].field;
-    if (field == VIR_DOMAIN_SCHEDULER_VCPU_PERIOD) {
-      q.period_us = params[i].value.ul;
-      have_period = true;
-    } else if (field == VIR_DOMAIN_SCHEDULER_VCPU_QUOTA) {
-      q.quota_us = params[i].value.l;
-      have_quota = true;
-    }
-  }
-  virTypedParamsClear(params.data(), n);
-  if (!have_period || !have_quota) {
-    return Error(Code::kUnavailable, "domain " + name_ +
-                                         " has no vCPU quota (libvirt runs it without the "
-                                         "cgroup cpu controller: qemu.conf cgroup_controllers)");
-  }
-  return q;
-}
-
-Status Domain::SetVcpuQuota(const VcpuQuota& q) const {
-  virTypedParameterPtr params = nullptr;
-  int n = 0, max = 0;
-  if (virTypedParamsAddULLong(&params, &n, &max, VIR_DOMAIN_SCHEDULER_VCPU_PERIOD, q.period_us) <
-          0 ||
-      virTypedParamsAddLLong(&params, &n, &max, VIR_DOMAIN_SCHEDULER_VCPU_QUOTA, q.quota_us) < 0) {
-    return LastError("scheduler parameters");
-  }
-  const int r = virDomainSetSchedulerParametersFlags(D(dom_), params, n, VIR_DOMAIN_AFFECT_LIVE);
-  virTypedParamsFree(params, n);
-  if (r < 0) return LastError("setting the vCPU quota of domain " + name_);
-  return Status::Ok();
 }
 
 // --- Connection ---

@@ -1,5 +1,5 @@
 // libvirt, as rdmig needs it: connections, domains, the peer-to-peer migration to rdmig's unix
-// socket, job statistics, lifecycle events, the vCPU quota, and the domain-XML check for direct mode.
+// socket, job statistics, lifecycle events, and the domain-XML check for direct mode.
 // Only this component includes <libvirt/*.h>; errors come back as Status with libvirt's message.
 // Thread-safety: a Connection and its Domains may be used from several threads (libvirt's objects
 // are); event callbacks run on the one event-loop thread started by StartEventLoop().
@@ -60,17 +60,9 @@ class Domain {
   Status AbortJob() const;
   // Live peer-to-peer migration to the libvirt at `dest_uri`, QEMU's stream going to
   // `migrate_uri` (e.g. "unix:///run/rdmig/x.sock"). Blocks until the migration ends.
-  // `persist`: define the domain on the destination too.
-  Status MigrateToUri3(const std::string& dest_uri, const std::string& migrate_uri,
-                       bool persist) const;
-
-  // The vCPU CFS quota (cgroup cpu controller through libvirt); quota < 0 means no limit.
-  struct VcpuQuota {
-    uint64_t period_us = 0;
-    int64_t quota_us = -1;
-  };
-  Result<VcpuQuota> GetVcpuQuota() const;
-  Status SetVcpuQuota(const VcpuQuota& q) const;
+  // `persist`: define the domain on the destination too; `paused`: leave it paused there.
+  Status MigrateToUri3(const std::string& dest_uri, const std::string& migrate_uri, bool persist,
+                       bool paused) const;
 
  private:
   friend class Connection;

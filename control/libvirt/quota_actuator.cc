@@ -8,10 +8,17 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <vector>
 
 namespace rdmig::libvirt {
 
 namespace {
+
+namespace fs = std::filesystem;
 
 // The kernel's smallest CFS quota; a small share needs a longer period. A short period otherwise:
 // a vCPU parked by its quota may hold QEMU's big lock.
@@ -20,10 +27,61 @@ constexpr int64_t kShortestPeriodUs = 10000;
 constexpr int64_t kLongestPeriodUs = 1000000;
 static_assert(kMinQuotaUs < kShortestPeriodUs && kShortestPeriodUs < kLongestPeriodUs);
 
+std::string ReadLine(const fs::path& p) {
+  std::ifstream in(p);
+  std::string s;
+  std::getline(in, s);
+  return s;
+}
+
+Status WriteValue(const fs::path& p, const std::string& v) {
+  const int fd = ::open(p.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return Status::FromErrno("open " + p.string(), errno, Code::kUnavailable);
+  const ssize_t n = ::write(fd, v.data(), v.size());
+  const int err = errno;
+  ::close(fd);
+  if (n != static_cast<ssize_t>(v.size())) return Status::FromErrno("write " + p.string(), err);
+  return Status::Ok();
+}
+
+// The directory of thread `tid`'s cgroup in this mount namespace's cpu hierarchy: /proc's path
+// (relative to our cgroup namespace) less the mount's own root (mountinfo), under its mount point.
+Result<fs::path> CpuCgroupDir(int pid, int tid) {
+  const std::string group = convergence::CpuGroupIn("/proc/" + std::to_string(pid) + "/task/" +
+                                                    std::to_string(tid) + "/cgroup");
+  std::string line;
+  if (group.empty()) {
+    return Error(Code::kUnavailable, "thread " + std::to_string(tid) + " has no cgroup v1 cpu group");
+  }
+  std::ifstream mi("/proc/self/mountinfo");
+  while (std::getline(mi, line)) {
+    // "36 25 0:31 /root /mount/point rw,... shared:1 - cgroup cgroup rw,cpu,cpuacct"
+    std::stringstream f(line);
+    std::string id, parent, dev, root, point, opts, field;
+    f >> id >> parent >> dev >> root >> point >> opts;
+    while (f >> field && field != "-") {
+    }
+    std::string type, source, super;
+    f >> type >> source >> super;
+    if (type != "cgroup") continue;
+    std::stringstream so(super);
+    bool cpu = false;
+    for (std::string o; std::getline(so, o, ',');) cpu |= (o == "cpu");
+    if (!cpu) continue;
+    if (root != "/" && group.rfind(root, 0) != 0) continue;
+    const std::string rel = root == "/" ? group : group.substr(root.size());
+    return fs::path(point) / fs::path(rel).relative_path();
+  }
+  return Error(Code::kUnavailable, "no cgroup v1 cpu hierarchy mounted here holds " + group);
+}
+
 class QuotaActuator : public convergence::ThrottleActuator {
  public:
-  QuotaActuator(const Domain& d, std::string uri, Domain::VcpuQuota home)
-      : domain_(d), uri_(std::move(uri)), home_(home) {}
+  struct Vcpu {
+    fs::path dir;  // libvirt's vcpuK group
+    std::string period, quota;  // libvirt's values, restored on release
+  };
+  explicit QuotaActuator(std::vector<Vcpu> vcpus) : vcpus_(std::move(vcpus)) {}
   ~QuotaActuator() override { (void)Release(); }
 
   std::string name() const override { return "libvirt-quota"; }
@@ -31,37 +89,48 @@ class QuotaActuator : public convergence::ThrottleActuator {
   Status Set(double throttle, double) override {
     if (throttle <= 0) return Release();
     const double share = std::clamp(1.0 - throttle, 0.001, 1.0);
-    Domain::VcpuQuota q;
-    q.period_us = static_cast<uint64_t>(std::clamp<int64_t>(
-        std::llround(kMinQuotaUs / share), kShortestPeriodUs, kLongestPeriodUs));
-    q.quota_us = std::max<int64_t>(kMinQuotaUs, std::llround(share * q.period_us));
+    const int64_t period = std::clamp<int64_t>(std::llround(kMinQuotaUs / share), kShortestPeriodUs,
+                                               kLongestPeriodUs);
+    const int64_t quota = std::max<int64_t>(kMinQuotaUs, std::llround(share * period));
     if (guard_pid_ < 0) RDMIG_RETURN_IF_ERROR(StartGuard());
-    RDMIG_RETURN_IF_ERROR(domain_.SetVcpuQuota(q));
-    current_ = 1.0 - static_cast<double>(q.quota_us) / static_cast<double>(q.period_us);
+    for (const Vcpu& v : vcpus_) {
+      // Unlimited first, so that no intermediate quota/period pair is refused.
+      RDMIG_RETURN_IF_ERROR(WriteValue(v.dir / "cpu.cfs_quota_us", "-1"));
+      RDMIG_RETURN_IF_ERROR(WriteValue(v.dir / "cpu.cfs_period_us", std::to_string(period)));
+      RDMIG_RETURN_IF_ERROR(WriteValue(v.dir / "cpu.cfs_quota_us", std::to_string(quota)));
+    }
+    current_ = 1.0 - static_cast<double>(quota) / static_cast<double>(period);
     return Status::Ok();
   }
 
   Status Release() override {
     if (guard_pid_ < 0) return Status::Ok();
-    Status s = domain_.SetVcpuQuota(home_);
-    // After a completed migration the domain no longer runs here: nothing is left to release.
-    if (!s.ok()) {
-      auto active = domain_.IsActive();
-      if (active.ok() && !*active) s = Status::Ok();
+    Status first = Status::Ok();
+    for (const Vcpu& v : vcpus_) {
+      if (!fs::exists(v.dir)) continue;  // the domain left this host: nothing to give back
+      for (const Status& s : {WriteValue(v.dir / "cpu.cfs_quota_us", "-1"),
+                              WriteValue(v.dir / "cpu.cfs_period_us", v.period),
+                              WriteValue(v.dir / "cpu.cfs_quota_us", v.quota)}) {
+        if (!s.ok() && first.ok()) first = s;
+      }
     }
-    if (s.ok()) current_ = 0;
-    StopGuard(s.ok());
-    return s;
+    if (first.ok()) current_ = 0;
+    StopGuard(first.ok());
+    return first;
   }
 
   double current() const override { return current_; }
 
  private:
-  // A child that puts the quota back with virsh unless told the parent did (a byte on the pipe);
-  // the pipe's end without that byte means rdmig died.
+  // A child that writes libvirt's values back unless told the parent did (a byte on the pipe); the
+  // pipe's end without that byte means rdmig died.
   Status StartGuard() {
-    const std::string quota = "vcpu_quota=" + std::to_string(home_.quota_us);
-    const std::string period = "vcpu_period=" + std::to_string(home_.period_us);
+    std::vector<std::pair<std::string, std::string>> writes;  // prepared before fork
+    for (const Vcpu& v : vcpus_) {
+      writes.push_back({(v.dir / "cpu.cfs_quota_us").string(), "-1"});
+      writes.push_back({(v.dir / "cpu.cfs_period_us").string(), v.period});
+      writes.push_back({(v.dir / "cpu.cfs_quota_us").string(), v.quota});
+    }
     int p[2];
     if (::pipe2(p, O_CLOEXEC) != 0) return Status::FromErrno("pipe for the throttle guard", errno);
     const pid_t pid = ::fork();
@@ -83,15 +152,14 @@ class QuotaActuator : public convergence::ThrottleActuator {
       while ((n = ::read(p[0], &b, 1)) < 0 && errno == EINTR) {
       }
       if (n == 1) ::_exit(0);
-      const int devnull = ::open("/dev/null", O_RDWR);
-      if (devnull >= 0) {
-        ::dup2(devnull, STDOUT_FILENO);
-        ::dup2(devnull, STDERR_FILENO);
+      for (const auto& [path, value] : writes) {
+        const int fd = ::open(path.c_str(), O_WRONLY);
+        if (fd >= 0) {
+          (void)!::write(fd, value.data(), value.size());
+          ::close(fd);
+        }
       }
-      const char* argv[] = {"virsh", "-c", uri_.c_str(), "schedinfo", domain_.name().c_str(),
-                            "--live", "--set", quota.c_str(), period.c_str(), nullptr};
-      ::execvp("virsh", const_cast<char* const*>(argv));
-      ::_exit(127);
+      ::_exit(0);
     }
     ::close(p[0]);
     guard_pid_ = pid;
@@ -112,9 +180,7 @@ class QuotaActuator : public convergence::ThrottleActuator {
     guard_pid_ = -1;
   }
 
-  const Domain& domain_;
-  std::string uri_;
-  Domain::VcpuQuota home_;
+  std::vector<Vcpu> vcpus_;
   pid_t guard_pid_ = -1;
   int guard_fd_ = -1;
   double current_ = 0;
@@ -122,11 +188,42 @@ class QuotaActuator : public convergence::ThrottleActuator {
 
 }  // namespace
 
-Result<std::unique_ptr<convergence::ThrottleActuator>> MakeQuotaActuator(
-    const Domain& domain, const std::string& connect_uri) {
-  RDMIG_ASSIGN_OR_RETURN(Domain::VcpuQuota home, domain.GetVcpuQuota());
-  return std::unique_ptr<convergence::ThrottleActuator>(
-      new QuotaActuator(domain, connect_uri, home));
+Result<int> DomainQemuPid(const std::string& domain, const std::string& run_dir) {
+  const std::string path = run_dir + "/qemu/" + domain + ".pid";
+  const std::string s = ReadLine(path);
+  if (s.empty()) {
+    return Error(Code::kUnavailable,
+                 "no pid file " + path + " (does domain " + domain + " run on this host?)");
+  }
+  return std::atoi(s.c_str());
+}
+
+Result<std::unique_ptr<convergence::ThrottleActuator>> MakeQuotaActuator(const std::string& domain,
+                                                                         int qemu_pid) {
+  std::vector<QuotaActuator::Vcpu> vcpus;
+  std::error_code ec;
+  const fs::path tasks = "/proc/" + std::to_string(qemu_pid) + "/task";
+  for (const fs::directory_entry& t : fs::directory_iterator(tasks, ec)) {
+    const std::string comm = ReadLine(t.path() / "comm");
+    if (comm.rfind("CPU ", 0) != 0) continue;  // QEMU names its vCPU threads "CPU n/TCG" or "/KVM"
+    const int tid = std::atoi(t.path().filename().c_str());
+    RDMIG_ASSIGN_OR_RETURN(fs::path dir, CpuCgroupDir(qemu_pid, tid));
+    if (dir.filename().string().rfind("vcpu", 0) != 0 ||
+        ::access((dir / "cpu.cfs_quota_us").c_str(), W_OK) != 0) {
+      return Error(Code::kUnavailable,
+                   "libvirt keeps no per-vCPU cgroup for domain " + domain + " (its vCPU thread " +
+                       std::to_string(tid) + " is in " + dir.string() +
+                       "): libvirt needs the cgroup v1 cpu controller (qemu.conf "
+                       "cgroup_controllers)");
+    }
+    vcpus.push_back({dir, ReadLine(dir / "cpu.cfs_period_us"), ReadLine(dir / "cpu.cfs_quota_us")});
+  }
+  if (ec) return Status::FromErrno("reading " + tasks.string(), ec.value(), Code::kUnavailable);
+  if (vcpus.empty()) {
+    return Error(Code::kUnavailable, "no vCPU thread found in QEMU process " +
+                                         std::to_string(qemu_pid) + " of domain " + domain);
+  }
+  return std::unique_ptr<convergence::ThrottleActuator>(new QuotaActuator(std::move(vcpus)));
 }
 
 }  // namespace rdmig::libvirt

@@ -1,10 +1,13 @@
 // The control channel: length-prefixed Protobuf messages over one TCP connection.
-// Thread-safety: one thread sends and one thread receives at a time.
+// Thread-safety: Send may be called from several threads (whole messages never interleave); one
+// thread receives at a time.
 #pragma once
 
 #include <google/protobuf/message_lite.h>
 
 #include <chrono>
+#include <memory>
+#include <mutex>
 
 #include "transfer/net/socket.h"
 
@@ -28,6 +31,7 @@ class ControlChannel {
  private:
   Fd fd_;
   std::string peer_;
+  std::unique_ptr<std::mutex> send_mu_ = std::make_unique<std::mutex>();
 };
 
 }  // namespace rdmig::session

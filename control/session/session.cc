@@ -58,6 +58,7 @@ Result<std::unique_ptr<SourceSession>> SourceSession::Connect(const HostPort& co
   RDMIG_RETURN_IF_ERROR(SetSendTimeout(fd.get(), options.timeout));
   std::unique_ptr<SourceSession> s(new SourceSession());
   s->control_ = ControlChannel(std::move(fd), control.ToString());
+  s->on_return_path_ = options.on_return_path;
 
   pb::SourceMessage msg;
   pb::Hello* hello = msg.mutable_hello();
@@ -188,12 +189,45 @@ Result<LandedReport> SourceSession::Complete(uint64_t final_mark, uint64_t pages
   msg.mutable_complete()->set_bytes(bytes);
   RDMIG_RETURN_IF_ERROR(control_.Send(msg));
   pb::DestinationMessage reply;
-  RDMIG_RETURN_IF_ERROR(control_.Receive(&reply, timeout).Annotate("waiting for landed"));
+  RDMIG_RETURN_IF_ERROR(ReceiveReply(&reply, timeout).Annotate("waiting for landed"));
   if (!reply.has_landed()) return Error(Code::kProtocol, "expected Landed from the destination");
   if (!reply.landed().ok()) {
     return Error(Code::kAborted, "destination failed to land the pages: " + reply.landed().error());
   }
   return LandedReport{reply.landed().pages(), reply.landed().bytes()};
+}
+
+Status SourceSession::ReceiveReply(pb::DestinationMessage* reply,
+                                   std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    const auto left = std::max(std::chrono::milliseconds(0),
+                               std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   deadline - std::chrono::steady_clock::now()));
+    RDMIG_RETURN_IF_ERROR(control_.Receive(reply, left));
+    if (!reply->has_return_path()) return Status::Ok();
+    if (on_return_path_) on_return_path_(reply->return_path().data(), reply->return_path().closed());
+  }
+}
+
+Status SourceSession::Pump(std::chrono::milliseconds timeout) {
+  pb::DestinationMessage msg;
+  RDMIG_RETURN_IF_ERROR(control_.Receive(&msg, timeout).Annotate("destination control channel"));
+  if (msg.has_return_path()) {
+    if (on_return_path_) on_return_path_(msg.return_path().data(), msg.return_path().closed());
+    return Status::Ok();
+  }
+  if (msg.has_landed() && !msg.landed().ok()) {
+    return Error(Code::kAborted, "destination: " + msg.landed().error());
+  }
+  return Error(Code::kProtocol, "unexpected message from the destination while streaming");
+}
+
+Status DestinationSession::SendReturnPath(std::string_view data, bool closed) {
+  pb::DestinationMessage m;
+  m.mutable_return_path()->set_data(std::string(data));
+  m.mutable_return_path()->set_closed(closed);
+  return control_.Send(m);
 }
 
 Result<std::vector<uint64_t>> SourceSession::FetchDigests(uint32_t region, uint32_t page_size,
@@ -203,7 +237,7 @@ Result<std::vector<uint64_t>> SourceSession::FetchDigests(uint32_t region, uint3
   msg.mutable_digest_request()->set_page_size(page_size);
   RDMIG_RETURN_IF_ERROR(control_.Send(msg));
   pb::DestinationMessage reply;
-  RDMIG_RETURN_IF_ERROR(control_.Receive(&reply, timeout).Annotate("waiting for digests"));
+  RDMIG_RETURN_IF_ERROR(ReceiveReply(&reply, timeout).Annotate("waiting for digests"));
   if (!reply.has_digests()) return Error(Code::kProtocol, "expected Digests from the destination");
   if (!reply.digests().error().empty()) {
     return Error(Code::kInvalidArgument, "digests: " + reply.digests().error());
@@ -377,7 +411,7 @@ Result<std::unique_ptr<DestinationSession>> DestinationListener::Accept(
 
 Status SourceSession::Explain(const Status& local, std::chrono::milliseconds wait) {
   pb::DestinationMessage msg;
-  if (control_.Receive(&msg, wait).ok() && msg.has_landed() && !msg.landed().ok()) {
+  if (ReceiveReply(&msg, wait).ok() && msg.has_landed() && !msg.landed().ok()) {
     return Error(Code::kAborted,
                  "destination: " + msg.landed().error() + " (here: " + local.ToString() + ")");
   }

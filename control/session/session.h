@@ -51,6 +51,9 @@ struct SourceOptions {
   // sends nothing to a destination that does not prove it holds the same key.
   std::string key;
   Target target;  // for a destination agent: what to land this migration into
+  // Bytes the destination QEMU sent back on its return path, for the source QEMU (`closed`: it
+  // closed its side). Called on whichever thread receives from the control channel.
+  std::function<void(std::string_view data, bool closed)> on_return_path;
 };
 
 struct LandedReport {
@@ -89,8 +92,15 @@ class SourceSession {
   Result<std::vector<uint64_t>> FetchDigests(uint32_t region, uint32_t page_size,
                                              std::chrono::milliseconds timeout);
 
+  // Takes one message the destination sent unasked (within `timeout`): return-path bytes go to
+  // on_return_path; a failure report becomes the error. For the streaming loop, which calls it
+  // when the control channel is readable.
+  Status Pump(std::chrono::milliseconds timeout);
+
  private:
   SourceSession() = default;
+  // Receives the next message that is not return-path bytes (those go to on_return_path).
+  Status ReceiveReply(pb::DestinationMessage* reply, std::chrono::milliseconds timeout);
   ControlChannel control_;
   std::unique_ptr<Transport> transport_;
   uint64_t session_id_ = 0;
@@ -98,6 +108,7 @@ class SourceSession {
   std::vector<uint32_t> registered_;
   std::string mode_;
   std::string note_;
+  std::function<void(std::string_view, bool)> on_return_path_;
 };
 
 struct DestinationOptions {
@@ -136,6 +147,10 @@ class DestinationSession {
   // Other messages go to `other` (without one they are a protocol error). Returns the landed
   // counts, or the first error (also reported to the source).
   Result<LandedReport> Serve(std::chrono::milliseconds timeout, const MessageHandler& other = {});
+
+  // Sends what the destination QEMU wrote back (its return path) to the source. Thread-safe with
+  // Serve: the endpoint's return-path thread calls it.
+  Status SendReturnPath(std::string_view data, bool closed);
 
  private:
   friend class DestinationListener;

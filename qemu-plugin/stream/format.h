@@ -21,6 +21,11 @@ inline constexpr uint8_t kConfiguration = 0x07;
 inline constexpr uint8_t kCommand = 0x08;
 inline constexpr uint8_t kSectionFooter = 0x7e;
 
+// QEMU_VM_COMMAND: be16 command, be16 length, payload. The two a precopy migration with a return
+// path sends (libvirt turns the return path on): open it, and a ping the destination answers.
+inline constexpr uint16_t kCmdOpenReturnPath = 1;
+inline constexpr uint16_t kCmdPing = 2;
+
 inline constexpr uint32_t kRamSectionVersion = 4;
 
 // RAM record flags: the low bits of the be64 that starts each record.

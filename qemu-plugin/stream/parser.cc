@@ -9,6 +9,10 @@ namespace rdmig::stream {
 
 namespace {
 
+uint16_t Be16(const std::byte* p) {
+  return static_cast<uint16_t>((uint16_t(p[0]) << 8) | uint16_t(p[1]));
+}
+
 uint32_t Be32(const std::byte* p) {
   return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | uint32_t(p[3]);
 }
@@ -154,6 +158,21 @@ StreamParser::Step StreamParser::ParseTopLevel(std::span<const std::byte> d, siz
       if (d.size() < n) return Step::kNeedMore;
       Raw(d.data(), n, out);
       *used = n;
+      return Step::kDone;
+    }
+    case kCommand: {
+      // The destination answers these on the return path, which the endpoints carry back.
+      if (d.size() < 5) return Step::kNeedMore;
+      const uint16_t cmd = Be16(d.data() + 1), len = Be16(d.data() + 3);
+      const bool known = (cmd == kCmdOpenReturnPath && len == 0) || (cmd == kCmdPing && len == 4);
+      if (!known) {
+        unknown_ = "migration command " + std::to_string(cmd) + " of " + std::to_string(len) +
+                   " bytes";
+        return Step::kUnknown;
+      }
+      if (d.size() < 5u + len) return Step::kNeedMore;
+      Raw(d.data(), 5 + len, out);
+      *used = 5 + len;
       return Step::kDone;
     }
     case kSectionStart:

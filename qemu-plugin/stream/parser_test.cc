@@ -99,6 +99,37 @@ TEST(StreamParser, UnknownRecordFlagSwitchesToPassthroughWithoutLosingBytes) {
   EXPECT_TRUE(p.at_clean_end());
 }
 
+// libvirt turns on QEMU's return path: the stream opens it and pings before the ram section. The
+// two commands stay in the stream (the destination QEMU answers them); the pages still come out.
+TEST(StreamParser, ReturnPathCommandsAreKeptAndParsingGoesOn) {
+  StreamBuilder b;
+  b.Header().Configuration();
+  b.U8(kCommand).U8(0).U8(kCmdOpenReturnPath).U8(0).U8(0);           // open the return path
+  b.U8(kCommand).U8(0).U8(kCmdPing).U8(0).U8(4).Be32(1);             // ping 1
+  b.RamStart(2, {{"pc.ram", 64 * 1024}}).EosFooter(2);
+  b.End(2).Page("pc.ram", 0, 0x55).EosFooter(2).DeviceStateAndEof();
+  for (size_t piece : {1, 3, 4096}) {
+    StreamParser p;
+    Parsed out = ParseInPieces(p, b.bytes, piece);
+    EXPECT_EQ(out.rebuilt, b.bytes);
+    EXPECT_NE(p.state(), StreamParser::State::kPassthrough) << p.passthrough_reason();
+    EXPECT_EQ(p.pages(), 1u);
+  }
+}
+
+TEST(StreamParser, OtherMigrationCommandsArePassedThrough) {
+  StreamBuilder b;
+  b.Header().Configuration();
+  b.U8(kCommand).U8(0).U8(3).U8(0).U8(16).Be64(0).Be64(0);  // postcopy advise
+  b.RamStart(2, {{"pc.ram", 8192}}).EosFooter(2);
+  StreamParser p;
+  Parsed out = ParseInPieces(p, b.bytes, 7);
+  EXPECT_EQ(out.rebuilt, b.bytes);
+  EXPECT_EQ(p.state(), StreamParser::State::kPassthrough);
+  EXPECT_NE(p.passthrough_reason().find("migration command 3"), std::string::npos)
+      << p.passthrough_reason();
+}
+
 TEST(StreamParser, UnknownIterativeSectionIsPassedThrough) {
   StreamBuilder b;
   b.Header().Configuration().RamStart(2, {{"mem0", 8192}}).EosFooter(2);
