@@ -158,70 +158,43 @@ class CgroupActuator : public ThrottleActuator {
   };
   CgroupActuator() = default;
 
-  // A guard process that outlives a killed rdmig: it waits for EOF on a pipe only this process
-  // holds the write end of, then puts the vCPU threads back home and removes the group. So even
-  // SIGKILL never leaves a guest throttled. The child runs only async-signal-safe calls.
+  // A guard process that outlives a killed rdmig puts the vCPU threads back home and removes the
+  // group: even SIGKILL never leaves a guest throttled.
+  struct Move {
+    char tasks[512];
+    char tid[24];
+  };
+  struct Undo {
+    std::vector<Move> moves;
+    char group[512];
+  };
+  static void UndoMoves(const void* arg) {
+    const Undo* u = static_cast<const Undo*>(arg);
+    for (const Move& m : u->moves) {
+      const int fd = ::open(m.tasks, O_WRONLY);
+      if (fd >= 0) {
+        (void)!::write(fd, m.tid, ::strlen(m.tid));
+        ::close(fd);
+      }
+    }
+    ::rmdir(u->group);
+  }
   Status StartGuard() {
-    struct Move {
-      char tasks[512];
-      char tid[24];
-    };
-    std::vector<Move> moves(threads_.size());
+    undo_.moves.resize(threads_.size());
     for (size_t i = 0; i < threads_.size(); ++i) {
-      std::snprintf(moves[i].tasks, sizeof(moves[i].tasks), "%s",
+      std::snprintf(undo_.moves[i].tasks, sizeof(undo_.moves[i].tasks), "%s",
                     (threads_[i].home / "tasks").c_str());
-      std::snprintf(moves[i].tid, sizeof(moves[i].tid), "%lld",
+      std::snprintf(undo_.moves[i].tid, sizeof(undo_.moves[i].tid), "%lld",
                     static_cast<long long>(threads_[i].tid));
     }
-    char group[512];
-    std::snprintf(group, sizeof(group), "%s", dir_.c_str());
-    int p[2];
-    if (::pipe2(p, O_CLOEXEC) != 0) return Status::FromErrno("pipe for the throttle guard", errno);
-    const pid_t pid = ::fork();
-    if (pid < 0) {
-      const int err = errno;
-      ::close(p[0]);
-      ::close(p[1]);
-      return Status::FromErrno("fork the throttle guard", err);
-    }
-    if (pid == 0) {
-      struct sigaction ignore = {};
-      ignore.sa_handler = SIG_IGN;
-      ::sigaction(SIGINT, &ignore, nullptr);  // Ctrl-C on the terminal is for rdmig, not us
-      ::sigaction(SIGTERM, &ignore, nullptr);
-      ::sigaction(SIGHUP, &ignore, nullptr);
-      ::close(p[1]);
-      char b;
-      while (::read(p[0], &b, 1) != 0) {
-        if (errno != EINTR) break;
-      }
-      for (const Move& m : moves) {
-        const int fd = ::open(m.tasks, O_WRONLY);
-        if (fd >= 0) {
-          (void)!::write(fd, m.tid, ::strlen(m.tid));
-          ::close(fd);
-        }
-      }
-      ::rmdir(group);
-      ::_exit(0);
-    }
-    ::close(p[0]);
-    guard_pid_ = pid;
-    guard_fd_ = p[1];
-    return Status::Ok();
+    std::snprintf(undo_.group, sizeof(undo_.group), "%s", dir_.c_str());
+    return guard_.Start(&UndoMoves, &undo_);
   }
-  void StopGuard() {
-    if (guard_fd_ >= 0) ::close(guard_fd_);
-    guard_fd_ = -1;
-    if (guard_pid_ > 0) {
-      while (::waitpid(guard_pid_, nullptr, 0) < 0 && errno == EINTR) {
-      }
-    }
-    guard_pid_ = -1;
-  }
+  // Idempotent, so the guard may always run it once more.
+  void StopGuard() { guard_.Stop(false); }
 
-  pid_t guard_pid_ = -1;
-  int guard_fd_ = -1;
+  Undo undo_;
+  GuardProcess guard_;
   std::string mount_;
   std::vector<Thread> threads_;
   fs::path dir_;
@@ -288,6 +261,51 @@ Result<bool> DirtyLimitWorks(qmp::QmpClient* qmp) {
 }
 
 }  // namespace
+
+Status GuardProcess::Start(Undo undo, const void* arg) {
+  int p[2];
+  if (::pipe2(p, O_CLOEXEC) != 0) return Status::FromErrno("pipe for the throttle guard", errno);
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    const int err = errno;
+    ::close(p[0]);
+    ::close(p[1]);
+    return Status::FromErrno("fork the throttle guard", err);
+  }
+  if (pid == 0) {
+    struct sigaction ignore = {};
+    ignore.sa_handler = SIG_IGN;
+    ::sigaction(SIGINT, &ignore, nullptr);  // Ctrl-C on the terminal is for rdmig, not us
+    ::sigaction(SIGTERM, &ignore, nullptr);
+    ::sigaction(SIGHUP, &ignore, nullptr);
+    // Keep only the pipe's read end (as fd 3) and stdio.
+    if (::dup2(p[0], 3) != 3) ::_exit(1);
+    ::close_range(4, ~0U, 0);
+    char b = 0;
+    ssize_t n;
+    while ((n = ::read(3, &b, 1)) < 0 && errno == EINTR) {
+    }
+    if (n != 1) undo(arg);
+    ::_exit(0);
+  }
+  ::close(p[0]);
+  pid_ = pid;
+  fd_ = p[1];
+  return Status::Ok();
+}
+
+void GuardProcess::Stop(bool disarm) {
+  if (fd_ >= 0) {
+    if (disarm) (void)!::write(fd_, "d", 1);
+    ::close(fd_);
+  }
+  fd_ = -1;
+  if (pid_ > 0) {
+    while (::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
+    }
+  }
+  pid_ = -1;
+}
 
 std::string CpuGroupIn(const std::string& proc_cgroup_file) {
   std::ifstream in(proc_cgroup_file);

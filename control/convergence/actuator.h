@@ -42,6 +42,28 @@ class ThrottleActuator {
 Result<std::unique_ptr<ThrottleActuator>> ChooseActuator(const std::string& choice,
                                                          qmp::QmpClient* qmp, std::string* why);
 
+// A process that undoes a throttle should rdmig die (even by SIGKILL): forked at Start(), it waits
+// on a pipe only the parent holds the write end of; when the pipe ends without Disarm(), it calls
+// the `undo` given to Start(). `undo` runs in a forked child of a threaded process: it must only
+// make system calls on data prepared before Start(). The child closes every other descriptor first,
+// so it never holds the parent's sockets (QEMU's connection, lanes) open.
+class GuardProcess {
+ public:
+  using Undo = void (*)(const void* arg);
+  GuardProcess() = default;
+  GuardProcess(const GuardProcess&) = delete;
+  GuardProcess& operator=(const GuardProcess&) = delete;
+  ~GuardProcess() { Stop(false); }
+  Status Start(Undo undo, const void* arg);
+  bool running() const { return pid_ > 0; }
+  // Ends the guard: with `disarm` the parent undid the throttle itself, else the guard does it now.
+  void Stop(bool disarm);
+
+ private:
+  int pid_ = -1;
+  int fd_ = -1;
+};
+
 // The cgroup v1 cpu controller's mount point ("" when there is none).
 std::string CpuCgroupMount();
 

@@ -1,13 +1,12 @@
 #include "control/libvirt/quota_actuator.h"
 
 #include <fcntl.h>
-#include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -92,7 +91,7 @@ class QuotaActuator : public convergence::ThrottleActuator {
     const int64_t period = std::clamp<int64_t>(std::llround(kMinQuotaUs / share), kShortestPeriodUs,
                                                kLongestPeriodUs);
     const int64_t quota = std::max<int64_t>(kMinQuotaUs, std::llround(share * period));
-    if (guard_pid_ < 0) RDMIG_RETURN_IF_ERROR(StartGuard());
+    if (!guard_.running()) RDMIG_RETURN_IF_ERROR(StartGuard());
     for (const Vcpu& v : vcpus_) {
       // Unlimited first, so that no intermediate quota/period pair is refused.
       RDMIG_RETURN_IF_ERROR(WriteValue(v.dir / "cpu.cfs_quota_us", "-1"));
@@ -104,7 +103,7 @@ class QuotaActuator : public convergence::ThrottleActuator {
   }
 
   Status Release() override {
-    if (guard_pid_ < 0) return Status::Ok();
+    if (!guard_.running()) return Status::Ok();
     Status first = Status::Ok();
     for (const Vcpu& v : vcpus_) {
       if (!fs::exists(v.dir)) continue;  // the domain left this host: nothing to give back
@@ -115,74 +114,46 @@ class QuotaActuator : public convergence::ThrottleActuator {
       }
     }
     if (first.ok()) current_ = 0;
-    StopGuard(first.ok());
+    guard_.Stop(/*disarm=*/first.ok());
     return first;
   }
 
   double current() const override { return current_; }
 
  private:
-  // A child that writes libvirt's values back unless told the parent did (a byte on the pipe); the
-  // pipe's end without that byte means rdmig died.
-  Status StartGuard() {
-    std::vector<std::pair<std::string, std::string>> writes;  // prepared before fork
-    for (const Vcpu& v : vcpus_) {
-      writes.push_back({(v.dir / "cpu.cfs_quota_us").string(), "-1"});
-      writes.push_back({(v.dir / "cpu.cfs_period_us").string(), v.period});
-      writes.push_back({(v.dir / "cpu.cfs_quota_us").string(), v.quota});
-    }
-    int p[2];
-    if (::pipe2(p, O_CLOEXEC) != 0) return Status::FromErrno("pipe for the throttle guard", errno);
-    const pid_t pid = ::fork();
-    if (pid < 0) {
-      const int err = errno;
-      ::close(p[0]);
-      ::close(p[1]);
-      return Status::FromErrno("fork the throttle guard", err);
-    }
-    if (pid == 0) {
-      struct sigaction ignore = {};
-      ignore.sa_handler = SIG_IGN;
-      ::sigaction(SIGINT, &ignore, nullptr);
-      ::sigaction(SIGTERM, &ignore, nullptr);
-      ::sigaction(SIGHUP, &ignore, nullptr);
-      ::close(p[1]);
-      char b = 0;
-      ssize_t n;
-      while ((n = ::read(p[0], &b, 1)) < 0 && errno == EINTR) {
+  // Should rdmig die, a guard process writes libvirt's values back.
+  struct Write {
+    char path[512];
+    char value[32];
+  };
+  static void UndoWrites(const void* arg) {
+    for (const Write& w : *static_cast<const std::vector<Write>*>(arg)) {
+      const int fd = ::open(w.path, O_WRONLY);
+      if (fd >= 0) {
+        (void)!::write(fd, w.value, ::strlen(w.value));
+        ::close(fd);
       }
-      if (n == 1) ::_exit(0);
-      for (const auto& [path, value] : writes) {
-        const int fd = ::open(path.c_str(), O_WRONLY);
-        if (fd >= 0) {
-          (void)!::write(fd, value.data(), value.size());
-          ::close(fd);
-        }
-      }
-      ::_exit(0);
     }
-    ::close(p[0]);
-    guard_pid_ = pid;
-    guard_fd_ = p[1];
-    return Status::Ok();
   }
-
-  void StopGuard(bool released) {
-    if (guard_fd_ >= 0) {
-      if (released) (void)!::write(guard_fd_, "r", 1);
-      ::close(guard_fd_);
+  Status StartGuard() {
+    undo_.clear();
+    auto add = [&](const fs::path& p, const std::string& v) {
+      Write w{};
+      std::snprintf(w.path, sizeof(w.path), "%s", p.c_str());
+      std::snprintf(w.value, sizeof(w.value), "%s", v.c_str());
+      undo_.push_back(w);
+    };
+    for (const Vcpu& v : vcpus_) {
+      add(v.dir / "cpu.cfs_quota_us", "-1");
+      add(v.dir / "cpu.cfs_period_us", v.period);
+      add(v.dir / "cpu.cfs_quota_us", v.quota);
     }
-    guard_fd_ = -1;
-    if (guard_pid_ > 0) {
-      while (::waitpid(guard_pid_, nullptr, 0) < 0 && errno == EINTR) {
-      }
-    }
-    guard_pid_ = -1;
+    return guard_.Start(&UndoWrites, &undo_);
   }
 
   std::vector<Vcpu> vcpus_;
-  pid_t guard_pid_ = -1;
-  int guard_fd_ = -1;
+  std::vector<Write> undo_;
+  convergence::GuardProcess guard_;
   double current_ = 0;
 };
 

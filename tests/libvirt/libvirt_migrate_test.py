@@ -8,7 +8,9 @@ UUIDs and cgroup trees) run a TCG domain booting the built-in guest with file-ba
 1. `rdmig check-domain` says direct mode for it, and for a domain without shared memory names the
    XML to add (exit 1).
 2. A source with the wrong key: refused by the agent with the reason; the domain keeps running on A,
-   nothing is left on B.
+   nothing is left on B. Then two migrations broken once the vCPU quota throttles the guest: Ctrl-C
+   (SIGINT) to `rdmig migrate`, and the destination's agent SIGKILLed: each exits 1 with the reason,
+   the domain runs on A with libvirt's own quota back, nothing is left on B.
 3. A -> B with `rdmig migrate --domain --paused` (driven from A): direct mode, the agent maps the
    domain's RAM file through libvirt; the source's final RAM (kept by a hard link) equals the paused
    destination's page by page; resumed, the guest's own check passes.
@@ -19,6 +21,7 @@ UUIDs and cgroup trees) run a TCG domain booting the built-in guest with file-ba
     libvirt_migrate_test.py RDMIG GUEST_DIR"""
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -55,6 +58,35 @@ def migrate(src, dst, rdmig, port, key, out, extra=()):
     return src.run([rdmig, "migrate", "--domain", NAME, "--connect", src.uri, "--dest-uri", dst.uri,
                     "--to", f"127.0.0.1:{port}", "--key-file", key, "--transport", "tcp",
                     "--json", out, *extra], check=False, timeout=300)
+
+
+def interrupted(src, dst, rdmig, port, key, root, fault):
+    """A migration A -> B over 20 MiB/s (the guest out-dirties it, so the vCPU quota throttles it),
+    broken by `fault()` once the throttle is in force. Returns rdmig's stderr; checks that the
+    domain runs on A with libvirt's own quota, and nothing is left on B."""
+    quota_file = f"{src.domain_cgroup(NAME)}/vcpu0/cpu.cfs_quota_us"
+    home = open(quota_file).read().strip()
+    p = src.popen([rdmig, "migrate", "--domain", NAME, "--connect", src.uri, "--dest-uri", dst.uri,
+                   "--to", f"127.0.0.1:{port}", "--key-file", key, "--transport", "tcp",
+                   "--max-bandwidth", "20M/s", "--json", f"{root}/cut.json"],
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while open(quota_file).read().strip() == home:
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the migration was never throttled: " + p.communicate()[1][-1500:])
+            time.sleep(0.05)  # polling interval for the vCPU quota
+        fault(p)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    check(p.returncode == 1, f"rdmig migrate exits 1: {err.strip().splitlines()[-1][:300]}")
+    check(src.domstate(NAME).startswith("running"), f"the domain runs on A ({src.domstate(NAME)})")
+    check(NAME not in dst.domains(True), "nothing left on B")
+    check(open(quota_file).read().strip() == home, f"A's vCPU quota is libvirt's again ({home})")
+    return err
 
 
 def agent_lines(path, n, timeout=10):
@@ -117,6 +149,19 @@ def main(rdmig, guest_dir):
             check(NAME not in b.domains(True), f"nothing left on B: {b.domains(True)}")
             L.wait_console(src_log, "HB t=", time.monotonic() + 15)
 
+            # 2b. Ctrl-C while throttled: the job is aborted, the throttle released.
+            err = interrupted(a, b, rdmig, port_b, key, root, lambda p: p.send_signal(signal.SIGINT))
+            check("cancelled on SIGINT" in err, "the error says it was cancelled on SIGINT")
+            # 2c. The destination's agent killed mid-migration: libvirt's migration fails, the
+            # source keeps running; a new agent takes the next migration (case 3).
+            err = interrupted(a, b, rdmig, port_b, key, root, lambda p: agent_b.kill())
+            check("rdmig" in err, "the error carries rdmig's account")
+            agent_b.wait()
+            check("refused a source" in open(log_b).read(), "the first agent on B logged the refused key")
+            agent_b, port_b, log_b = start_agent(b, rdmig, root, key)
+            agents.append(agent_b)
+            L.wait_console(src_log, "HB t=", time.monotonic() + 15)
+
             # 3. A -> B, destination left paused: memory compared page by page.
             keep = f"{root}/source-final.ram"
             os.link(a.host_path(L.ram_file(a, NAME)), keep)  # outlives the source QEMU
@@ -126,11 +171,10 @@ def main(rdmig, guest_dir):
             r1 = json.load(open(f"{root}/m1.json"))
             check(r1["outcome"] == "completed" and r1["mode"] == "direct"
                   and r1["destination"] == "paused", f"report: mode {r1['mode']}, destination paused")
-            lines = agent_lines(f"{root}/agent-B.jsonl", 1)
-            check("refused a source" in open(log_b).read(), "agent on B logged the refused source")
-            check([x["outcome"] for x in lines] == ["completed"]
-                  and "pc.ram 536862720 (direct)" in lines[0]["layout"],
-                  f"agent on B landed {lines[0].get('layout')}")
+            lines = agent_lines(f"{root}/agent-B.jsonl", 2)
+            check([x["outcome"] for x in lines] == ["failed", "completed"]
+                  and "pc.ram 536862720 (direct)" in lines[1]["layout"],
+                  f"agents on B: the cancelled migration failed, then landed {lines[-1].get('layout')}")
             check(a.domstate(NAME).startswith("shut off") and b.domstate(NAME).startswith("paused"),
                   f"A: {a.domstate(NAME)}, B: {b.domstate(NAME)}")
             differ = t.compare_ram(keep, b.host_path(L.ram_file(b, NAME)))
