@@ -1,9 +1,10 @@
 // `rdmig migrate --domain NAME --dest-uri URI --to AGENT`: a libvirt domain through rdmig, the way
 // KubeVirt's migration proxy does it. libvirt migrates peer to peer with QEMU's stream going to a
-// unix socket rdmig listens on; rdmig carries it to the `rdmig agent` of the destination host, which
-// feeds the destination QEMU (listening on the same socket path there). libvirt's job statistics
-// feed the same follower, controller and report as the QMP path; the blackout is measured from
-// libvirt's lifecycle events: destination resumed (migrated) - source suspended (migrated).
+// unix socket rdmig listens on; rdmig carries it to the `rdmig agent` of the destination host,
+// which feeds the destination QEMU (listening on the same socket path there). libvirt's job
+// statistics feed the same follower, controller and report as the QMP path; the blackout is
+// measured from libvirt's lifecycle events: destination resumed (migrated) - source suspended
+// (migrated).
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -11,8 +12,8 @@
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
-#include <fstream>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
 
 #include "control/cli/migrate_common.h"
@@ -88,14 +89,10 @@ class LibvirtSourceMonitor : public SourceMonitor {
     RDMIG_ASSIGN_OR_RETURN(lv::JobStats js, dom_->GetJobStats(false));
     json j;
     j["status"] = js.active ? "active" : "setup";
-    j["ram"] = {{"remaining", js.remaining_bytes},
-                {"transferred", js.processed_bytes},
-                {"total", js.total_bytes},
-                {"mbps", js.bandwidth_Bps * 8 / 1e6},
-                {"dirty-sync-count", js.iteration},
-                {"dirty-pages-rate", js.dirty_rate_pps},
-                {"normal", js.normal_pages},
-                {"duplicate", js.constant_pages}};
+    j["ram"] = {{"remaining", js.remaining_bytes},  {"transferred", js.processed_bytes},
+                {"total", js.total_bytes},          {"mbps", js.bandwidth_Bps * 8 / 1e6},
+                {"dirty-sync-count", js.iteration}, {"dirty-pages-rate", js.dirty_rate_pps},
+                {"normal", js.normal_pages},        {"duplicate", js.constant_pages}};
     j["cpu-throttle-percentage"] = js.auto_converge_throttle;
     if (js.active) last_ = j;
     return j;
@@ -119,19 +116,10 @@ class LibvirtSourceMonitor : public SourceMonitor {
 
 int RunLibvirtMigrate(const MigrateArgs& a) {
   CancelOnSignals cancel_on_signals;
-  auto budget_ms = ParseMillis(a.blackout_budget);
-  auto fixed_ms = ParseMillis(a.fixed_cost);
-  Result<double> bandwidth =
-      a.max_bandwidth.empty() ? Result<double>(0.0) : ParseRate(a.max_bandwidth);
-  auto key =
-      a.key_file.empty() ? Result<std::string>(std::string()) : session::LoadKeyFile(a.key_file);
+  const std::optional<Limits> limits = ParseLimits(a);
+  if (!limits) return 2;
+  const Limits& lim = *limits;
   auto agent = ParseHostPort(a.to);
-  for (const Status& s : {budget_ms.status(), fixed_ms.status(), bandwidth.status(), key.status()}) {
-    if (!s.ok()) {
-      spdlog::error("{}", s.message());
-      return 2;
-    }
-  }
   if (a.dest_uri.empty() || a.to.empty() || !agent.ok()) {
     spdlog::error(
         "--domain needs --dest-uri (the destination libvirt) and --to HOST:PORT (the destination "
@@ -140,24 +128,21 @@ int RunLibvirtMigrate(const MigrateArgs& a) {
     return 2;
   }
   if (!a.native.empty() || !a.source_qmp.empty() || !a.dest_qmp.empty() || a.auto_converge) {
-    spdlog::error("--domain migrates through libvirt: --native, --source-qmp, --dest-qmp and "
-                  "--auto-converge are for QEMU without libvirt");
-    return 2;
-  }
-  if (*fixed_ms >= *budget_ms) {
-    spdlog::error("--blackout-budget {} ms leaves nothing after the fixed cost of {} ms", *budget_ms,
-                  *fixed_ms);
+    spdlog::error(
+        "--domain migrates through libvirt: --native, --source-qmp, --dest-qmp and "
+        "--auto-converge are for QEMU without libvirt");
     return 2;
   }
   if (a.throttle != "auto" && a.throttle != "libvirt-quota" && a.throttle != "off") {
-    spdlog::error("--throttle {}: with --domain the throttle is libvirt's vCPU quota: auto, "
-                  "libvirt-quota or off",
-                  a.throttle);
+    spdlog::error(
+        "--throttle {}: with --domain the throttle is libvirt's vCPU quota: auto, "
+        "libvirt-quota or off",
+        a.throttle);
     return 2;
   }
   convergence::ControllerConfig cc;
-  cc.budget_s = *budget_ms / 1000;
-  cc.fixed_cost_s = *fixed_ms / 1000;
+  cc.budget_s = lim.budget_ms / 1000;
+  cc.fixed_cost_s = lim.fixed_ms / 1000;
   convergence::ThrottleController controller(cc);
 
   if (Status s = lv::StartEventLoop(); !s.ok()) return Fail(a, "libvirt", s);
@@ -237,8 +222,8 @@ int RunLibvirtMigrate(const MigrateArgs& a) {
   endpoint::SourceStreamOptions opts;
   opts.destination = *agent;
   opts.lanes = a.lanes;
-  opts.max_bandwidth = static_cast<uint64_t>(*bandwidth);
-  opts.key = *key;
+  opts.max_bandwidth = static_cast<uint64_t>(lim.bandwidth);
+  opts.key = lim.key;
   opts.stats = &stream_stats;
   opts.target.qemu_socket = sock;
   opts.target.mode = mode;
@@ -258,16 +243,7 @@ int RunLibvirtMigrate(const MigrateArgs& a) {
   const double t_migrate = WallNow();
   Follower follow(&monitor, t_migrate, &stream_stats, actuator ? &controller : nullptr,
                   actuator.get());
-  struct TimelineWriter {
-    const std::string& path;
-    const Follower& f;
-    double budget_ms;
-    ~TimelineWriter() {
-      if (path.empty()) return;
-      std::ofstream out(path);
-      out << json{{"budget_ms", budget_ms}, {"samples", f.samples()}}.dump(1) << "\n";
-    }
-  } timeline_writer{a.timeline, follow, *budget_ms};
+  TimelineWriter timeline_writer{a.timeline, follow, lim.budget_ms};
 
   std::thread migration([&] {
     monitor.OnMigrationDone(
@@ -288,10 +264,9 @@ int RunLibvirtMigrate(const MigrateArgs& a) {
   bool downtime_set = false;
   while (status != "completed" && status != "failed" && status != "cancelled") {
     if (cancel_reason.empty() && (Clock::now() > deadline || CancelSignal() != 0)) {
-      cancel_reason = CancelSignal() != 0
-                          ? std::string("cancelled on ") +
-                                (CancelSignal() == SIGINT ? "SIGINT" : "SIGTERM")
-                          : "still " + status + " after the --timeout; cancelled";
+      cancel_reason = CancelSignal() != 0 ? std::string("cancelled on ") +
+                                                (CancelSignal() == SIGINT ? "SIGINT" : "SIGTERM")
+                                          : "still " + status + " after the --timeout; cancelled";
       monitor.set_aborted();
       if (Status s = dom->AbortJob(); !s.ok()) spdlog::error("{}", s.ToString());
     }
@@ -353,7 +328,7 @@ int RunLibvirtMigrate(const MigrateArgs& a) {
   end.downtime_limit_ms = downtime_limit_ms;
   end.extra["domain"] = a.domain;
   end.extra["dest_uri"] = a.dest_uri;
-  return ReportCompleted(a, follow, t_migrate, end, *budget_ms, *fixed_ms, *bandwidth);
+  return ReportCompleted(a, follow, t_migrate, end, lim.budget_ms, lim.fixed_ms, lim.bandwidth);
 }
 
 }  // namespace rdmig::cli

@@ -55,6 +55,30 @@ CancelOnSignals::~CancelOnSignals() {
 
 int CancelSignal() { return g_cancel_signal; }
 
+std::optional<Limits> ParseLimits(const MigrateArgs& a) {
+  auto budget_ms = ParseMillis(a.blackout_budget);
+  auto fixed_ms = ParseMillis(a.fixed_cost);
+  Result<double> bandwidth =
+      a.max_bandwidth.empty() ? Result<double>(0.0) : ParseRate(a.max_bandwidth);
+  auto key =
+      a.key_file.empty() ? Result<std::string>(std::string()) : session::LoadKeyFile(a.key_file);
+  for (const Status& s :
+       {budget_ms.status(), fixed_ms.status(), bandwidth.status(), key.status()}) {
+    if (!s.ok()) {
+      spdlog::error("{}", s.message());
+      return std::nullopt;
+    }
+  }
+  if (*fixed_ms >= *budget_ms) {
+    spdlog::error(
+        "--blackout-budget {} ms leaves nothing after the fixed cost of {} ms "
+        "(--fixed-cost)",
+        *budget_ms, *fixed_ms);
+    return std::nullopt;
+  }
+  return Limits{*budget_ms, *fixed_ms, *bandwidth, *key};
+}
+
 int Fail(const MigrateArgs& a, const std::string& what, const Status& s) {
   spdlog::error("{}: {}", what, s.ToString());
   if (!a.json.empty()) {
@@ -64,10 +88,9 @@ int Fail(const MigrateArgs& a, const std::string& what, const Status& s) {
   return 1;
 }
 
-
 // Prints the report of a completed migration (and writes it as JSON with --json).
-int ReportCompleted(const MigrateArgs& a, const Follower& follow, double t_migrate,
-                    const Ending& e, double budget_ms, double fixed_ms, double bandwidth) {
+int ReportCompleted(const MigrateArgs& a, const Follower& follow, double t_migrate, const Ending& e,
+                    double budget_ms, double fixed_ms, double bandwidth) {
   const std::optional<double>& stop = e.stop;
   const std::optional<double>& resume = e.resume;
   const auto& stream = e.stream;
@@ -94,13 +117,11 @@ int ReportCompleted(const MigrateArgs& a, const Follower& follow, double t_migra
   if (stop && follow.link_bandwidth() > 0) {
     const double final_bytes = stream ? static_cast<double>(e.stream_stats->wire_bytes.load())
                                       : ram.value("transferred", 0.0);
-    const double after_stop =
-        std::max(0.0, final_bytes - follow.TransferredAt(*stop - t_migrate));
+    const double after_stop = std::max(0.0, final_bytes - follow.TransferredAt(*stop - t_migrate));
     const double transfer_ms = after_stop / follow.link_bandwidth() * 1000;
     report["blackout_bytes"] = after_stop;
     report["blackout_transfer_ms"] = transfer_ms;
-    const double blackout = resume ? (*resume - *stop) * 1000
-                                   : (e.load_done - *stop) * 1000;
+    const double blackout = resume ? (*resume - *stop) * 1000 : (e.load_done - *stop) * 1000;
     fixed_cost_measured = blackout - transfer_ms;
     report["fixed_cost_measured_ms"] = *fixed_cost_measured;
   }
@@ -131,8 +152,7 @@ int ReportCompleted(const MigrateArgs& a, const Follower& follow, double t_migra
               report["transport"].get<std::string>().c_str(),
               report["mode"].get<std::string>().c_str());
   std::printf("  total       %.0f ms (migrate command to destination %s)\n",
-              report["total_ms"].get<double>(),
-              resume ? e.resume_source.c_str() : "load complete");
+              report["total_ms"].get<double>(), resume ? e.resume_source.c_str() : "load complete");
   if (report["blackout_ms"].is_null() && report.contains("blackout_to_load_ms")) {
     std::printf(
         "  blackout    %.0f ms to the destination's load complete (source STOP to %s; %s, so "
@@ -184,19 +204,9 @@ int RunMigrate(const MigrateArgs& a) {
   }
   // Ctrl-C (or SIGTERM) cancels the migration cleanly: nothing is left throttled or behind.
   CancelOnSignals cancel_on_signals;
-  auto budget_ms = ParseMillis(a.blackout_budget);
-  auto fixed_ms = ParseMillis(a.fixed_cost);
-  Result<double> bandwidth =
-      a.max_bandwidth.empty() ? Result<double>(0.0) : ParseRate(a.max_bandwidth);
-  auto key =
-      a.key_file.empty() ? Result<std::string>(std::string()) : session::LoadKeyFile(a.key_file);
-  for (const Status& s :
-       {budget_ms.status(), fixed_ms.status(), bandwidth.status(), key.status()}) {
-    if (!s.ok()) {
-      spdlog::error("{}", s.message());
-      return 2;
-    }
-  }
+  const std::optional<Limits> limits = ParseLimits(a);
+  if (!limits) return 2;
+  const Limits& lim = *limits;
   if (a.to.empty() == a.native.empty()) {
     spdlog::error("give --to HOST:PORT (the destination's `rdmig receive`) or --native URI");
     return 2;
@@ -205,18 +215,11 @@ int RunMigrate(const MigrateArgs& a) {
     spdlog::error("--auto-converge is for the --native baseline; rdmig throttles with --throttle");
     return 2;
   }
-  if (*fixed_ms >= *budget_ms) {
-    spdlog::error(
-        "--blackout-budget {} ms leaves nothing after the fixed cost of {} ms "
-        "(--fixed-cost)",
-        *budget_ms, *fixed_ms);
-    return 2;
-  }
   const bool rdmig = a.native.empty();
   const bool throttling = rdmig && a.throttle != "off";
   convergence::ControllerConfig cc;
-  cc.budget_s = *budget_ms / 1000;
-  cc.fixed_cost_s = *fixed_ms / 1000;
+  cc.budget_s = lim.budget_ms / 1000;
+  cc.fixed_cost_s = lim.fixed_ms / 1000;
   convergence::ThrottleController controller(cc);
 
   const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(a.timeout_s * 1000));
@@ -251,9 +254,10 @@ int RunMigrate(const MigrateArgs& a) {
   }
   // rdmig: QEMU switches over when what remains fits the budget less the fixed costs, with a
   // margin; the link's limit is the engine's. Native: the budget as it is, and QEMU's own limit.
-  const double downtime_limit_ms = rdmig ? controller.DowntimeLimitSeconds() * 1000 : *budget_ms;
-  const uint64_t qemu_bandwidth =
-      (rdmig || *bandwidth == 0) ? kUnlimitedQemuBandwidth : static_cast<uint64_t>(*bandwidth);
+  const double downtime_limit_ms = rdmig ? controller.DowntimeLimitSeconds() * 1000 : lim.budget_ms;
+  const uint64_t qemu_bandwidth = (rdmig || lim.bandwidth == 0)
+                                      ? kUnlimitedQemuBandwidth
+                                      : static_cast<uint64_t>(lim.bandwidth);
   json params = {{"downtime-limit", std::llround(downtime_limit_ms)},
                  {"max-bandwidth", qemu_bandwidth}};
   if (auto r = src->Execute("migrate-set-parameters", params); !r.ok()) {
@@ -276,8 +280,8 @@ int RunMigrate(const MigrateArgs& a) {
     endpoint::SourceStreamOptions opts;
     opts.destination = *to;
     opts.lanes = a.lanes;
-    opts.max_bandwidth = static_cast<uint64_t>(*bandwidth);
-    opts.key = *key;
+    opts.max_bandwidth = static_cast<uint64_t>(lim.bandwidth);
+    opts.key = lim.key;
     opts.stats = &stream_stats;
     if (!a.dest_socket.empty()) {
       opts.target.qemu_socket = a.dest_socket;
@@ -303,18 +307,7 @@ int RunMigrate(const MigrateArgs& a) {
   QmpSourceMonitor monitor(&*src);
   Follower follow(&monitor, t_migrate, rdmig ? &stream_stats : nullptr,
                   throttling ? &controller : nullptr, actuator.get());
-  // The timeline is written however the migration ends.
-  struct TimelineWriter {
-    const std::string& path;
-    const Follower& f;
-    double budget_ms;
-    ~TimelineWriter() {
-      if (path.empty()) return;
-      std::ofstream out(path);
-      out << json{{"budget_ms", budget_ms}, {"samples", f.samples()}}.dump(1) << "\n";
-      if (!out) spdlog::error("cannot write the timeline to {}", path);
-    }
-  } timeline_writer{a.timeline, follow, *budget_ms};
+  TimelineWriter timeline_writer{a.timeline, follow, lim.budget_ms};
   if (auto r = src->Execute("migrate", {{"uri", uri}}); !r.ok()) {
     return Fail(a, "source migrate", r.status());
   }
@@ -397,7 +390,7 @@ int RunMigrate(const MigrateArgs& a) {
   end.actuator = actuator ? actuator->name() : (a.auto_converge ? "qemu-auto-converge" : "none");
   end.actuator_note = actuator_note;
   end.downtime_limit_ms = downtime_limit_ms;
-  return ReportCompleted(a, follow, t_migrate, end, *budget_ms, *fixed_ms, *bandwidth);
+  return ReportCompleted(a, follow, t_migrate, end, lim.budget_ms, lim.fixed_ms, lim.bandwidth);
 }
 
 }  // namespace
@@ -423,8 +416,9 @@ std::function<int()> AddMigrateCommand(CLI::App& app) {
                   "the source libvirtd connects to it)");
   cmd->add_option("--connect", a->connect, "libvirt: this host's libvirt URI")
       ->capture_default_str();
-  cmd->add_flag("--paused", a->paused,
-               "libvirt: leave the domain paused on the destination (resume it with virsh resume)");
+  cmd->add_flag(
+      "--paused", a->paused,
+      "libvirt: leave the domain paused on the destination (resume it with virsh resume)");
   cmd->add_option("--socket-dir", a->socket_dir,
                   "libvirt: where QEMU's migration socket is made, the same path on both hosts")
       ->capture_default_str();

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 
 #include <csignal>
+#include <fstream>
 #include <optional>
 #include <string>
 #include <thread>
@@ -93,15 +94,25 @@ class CancelOnSignals {
 };
 int CancelSignal();
 
+// The numbers both ways share: --blackout-budget, --fixed-cost, --max-bandwidth (bytes/s, 0: no
+// limit) and the key of --key-file. Logs the first bad one and returns nullopt (exit status 2).
+struct Limits {
+  double budget_ms = 0;
+  double fixed_ms = 0;
+  double bandwidth = 0;
+  std::string key;
+};
+std::optional<Limits> ParseLimits(const MigrateArgs& a);
+
 // Logs `what: s`, writes {"outcome": "failed", "error": ...} to --json, returns exit status 1.
 int Fail(const MigrateArgs& a, const std::string& what, const Status& s);
 
 // A completed migration, however it was driven (QMP or libvirt): what the report is made of.
 struct Ending {
-  json info;                    // the source's last query-migrate-shaped state
-  std::optional<double> stop;   // source STOP (wall-clock seconds)
-  std::optional<double> resume; // destination resumed the guest
-  double load_done = 0;         // destination's load completed
+  json info;                     // the source's last query-migrate-shaped state
+  std::optional<double> stop;    // source STOP (wall-clock seconds)
+  std::optional<double> resume;  // destination resumed the guest
+  double load_done = 0;          // destination's load completed
   std::optional<endpoint::SourceStreamReport> stream;  // rdmig's engine carried it
   const endpoint::SourceStreamStats* stream_stats = nullptr;
   std::string actuator;
@@ -110,12 +121,26 @@ struct Ending {
   std::string resume_source = "RESUME";  // how the resume was seen, for the report's wording
   std::string load_source = "destination MIGRATION completed";  // how load_done was seen
   std::string paused_why = "the destination was started paused (-S)";
-  json extra = json::object();           // more fields for the report (e.g. libvirt's own view)
+  json extra = json::object();  // more fields for the report (e.g. libvirt's own view)
+};
+
+// Writes the follower's timeline to `path` (if one was asked for) when it goes out of scope, so
+// that it is written however the migration ends.
+struct TimelineWriter {
+  const std::string& path;
+  const Follower& f;
+  double budget_ms;
+  ~TimelineWriter() {
+    if (path.empty()) return;
+    std::ofstream out(path);
+    out << json{{"budget_ms", budget_ms}, {"samples", f.samples()}}.dump(1) << "\n";
+    if (!out) spdlog::error("cannot write the timeline to {}", path);
+  }
 };
 
 // Prints the report of a completed migration (and writes it as JSON with --json).
-int ReportCompleted(const MigrateArgs& a, const Follower& follow, double t_migrate,
-                    const Ending& e, double budget_ms, double fixed_ms, double bandwidth);
+int ReportCompleted(const MigrateArgs& a, const Follower& follow, double t_migrate, const Ending& e,
+                    double budget_ms, double fixed_ms, double bandwidth);
 
 // `rdmig migrate --domain`: the libvirt way.
 int RunLibvirtMigrate(const MigrateArgs& a);
