@@ -219,19 +219,12 @@ int RunLibvirtMigrate(const MigrateArgs& a) {
     ~SocketCleanup() { ::unlink(path.c_str()); }
   } socket_cleanup{sock};
   endpoint::SourceStreamStats stream_stats;
-  endpoint::SourceStreamOptions opts;
-  opts.destination = *agent;
-  opts.lanes = a.lanes;
-  opts.max_bandwidth = static_cast<uint64_t>(lim.bandwidth);
-  opts.key = lim.key;
-  opts.stats = &stream_stats;
+  auto made = SourceOptions(a, lim, *agent, &stream_stats);
+  if (!made.ok()) return Fail(a, "--transport", made.status());
+  endpoint::SourceStreamOptions opts = std::move(made).value();
   opts.target.qemu_socket = sock;
   opts.target.mode = mode;
   opts.target.domain = a.domain;
-  auto transports = ChooseTransports(a.transport);
-  if (!transports.ok()) return Fail(a, "--transport", transports.status());
-  opts.transports = *transports;
-  opts.timeout = std::chrono::milliseconds(static_cast<int64_t>(a.progress_timeout_s * 1000));
   SourceEndpointThread endpoint(std::move(listener).value(), opts);
 
   const double downtime_limit_ms = controller.DowntimeLimitSeconds() * 1000;

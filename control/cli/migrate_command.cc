@@ -79,6 +79,20 @@ std::optional<Limits> ParseLimits(const MigrateArgs& a) {
   return Limits{*budget_ms, *fixed_ms, *bandwidth, *key};
 }
 
+Result<endpoint::SourceStreamOptions> SourceOptions(const MigrateArgs& a, const Limits& lim,
+                                                    const HostPort& destination,
+                                                    endpoint::SourceStreamStats* stats) {
+  endpoint::SourceStreamOptions opts;
+  opts.destination = destination;
+  opts.lanes = a.lanes;
+  opts.max_bandwidth = static_cast<uint64_t>(lim.bandwidth);
+  opts.key = lim.key;
+  opts.stats = stats;
+  RDMIG_ASSIGN_OR_RETURN(opts.transports, ChooseTransports(a.transport));
+  opts.timeout = std::chrono::milliseconds(static_cast<int64_t>(a.progress_timeout_s * 1000));
+  return opts;
+}
+
 int Fail(const MigrateArgs& a, const std::string& what, const Status& s) {
   spdlog::error("{}: {}", what, s.ToString());
   if (!a.json.empty()) {
@@ -277,21 +291,14 @@ int RunMigrate(const MigrateArgs& a) {
     const std::string sock = (dir / "source.sock").string();
     auto listener = ListenUnix(sock);
     if (!listener.ok()) return Fail(a, "source endpoint", listener.status());
-    endpoint::SourceStreamOptions opts;
-    opts.destination = *to;
-    opts.lanes = a.lanes;
-    opts.max_bandwidth = static_cast<uint64_t>(lim.bandwidth);
-    opts.key = lim.key;
-    opts.stats = &stream_stats;
+    auto made = SourceOptions(a, lim, *to, &stream_stats);
+    if (!made.ok()) return Fail(a, "--transport", made.status());
+    endpoint::SourceStreamOptions opts = std::move(made).value();
     if (!a.dest_socket.empty()) {
       opts.target.qemu_socket = a.dest_socket;
       opts.target.mode = a.dest_ram_files.empty() ? "staged" : "direct";
       opts.target.ram_files = a.dest_ram_files;
     }
-    auto transports = ChooseTransports(a.transport);
-    if (!transports.ok()) return Fail(a, "--transport", transports.status());
-    opts.transports = *transports;
-    opts.timeout = std::chrono::milliseconds(static_cast<int64_t>(a.progress_timeout_s * 1000));
     endpoint = std::make_unique<SourceEndpointThread>(std::move(listener).value(), opts);
     uri = "unix:" + sock;
   }

@@ -104,6 +104,12 @@ struct Limits {
 };
 std::optional<Limits> ParseLimits(const MigrateArgs& a);
 
+// The source endpoint's options from the command line (lanes, link limit, key, transports, progress
+// timeout), to `destination`, keeping `stats` current; the caller adds the target.
+Result<endpoint::SourceStreamOptions> SourceOptions(const MigrateArgs& a, const Limits& lim,
+                                                    const HostPort& destination,
+                                                    endpoint::SourceStreamStats* stats);
+
 // Logs `what: s`, writes {"outcome": "failed", "error": ...} to --json, returns exit status 1.
 int Fail(const MigrateArgs& a, const std::string& what, const Status& s);
 
