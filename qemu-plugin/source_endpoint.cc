@@ -220,7 +220,9 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
       if (eof) {
         return Error(Code::kAborted, "QEMU's migration stream ended inside a record (" +
                                          std::to_string(have - used) + " bytes left, " +
-                                         stream::StateName(parser.state()) + ")");
+                                         stream::StateName(parser.state()) +
+                                         "): the source migration was cancelled or failed, or "
+                                         "its stream was cut");
       }
       RDMIG_RETURN_IF_ERROR(refill(used, true));
     }

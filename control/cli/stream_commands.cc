@@ -1,7 +1,9 @@
 // `rdmig send` and `rdmig receive`: the two endpoints QEMU talks to.
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -51,6 +53,29 @@ void WriteJson(const std::string& path, const nlohmann::json& j) {
   if (!out) spdlog::error("cannot write {}", path);
 }
 
+// SIGINT/SIGTERM while `rdmig send` runs: what it waits on is cut (shutdown() is
+// async-signal-safe): the listener while QEMU has not connected, then QEMU's stream, so the endpoint
+// fails as for a cancelled source migration, the source guest keeps running and the destination is
+// told. Installed explicitly, so a send started in the background by a script (where SIGINT is
+// ignored) can be cancelled too; a second signal kills at once (SA_RESETHAND).
+volatile std::sig_atomic_t g_send_signal = 0;
+volatile int g_send_cut_fd = -1;
+extern "C" void OnSendSignal(int sig) {
+  g_send_signal = sig;
+  if (g_send_cut_fd >= 0) ::shutdown(g_send_cut_fd, SHUT_RDWR);
+}
+
+void CutOnSignals() {
+  struct sigaction sa = {};
+  sa.sa_handler = OnSendSignal;
+  sa.sa_flags = SA_RESETHAND;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+std::string SignalName() { return g_send_signal == SIGINT ? "SIGINT" : "SIGTERM"; }
+
 struct SendArgs {
   std::string transport = "auto";
   std::string to;
@@ -60,6 +85,7 @@ struct SendArgs {
   std::string json;
   std::string key_file;
   std::string max_bandwidth;
+  double progress_timeout_s = 30;
 };
 
 int RunSend(const SendArgs& a) {
@@ -76,6 +102,7 @@ int RunSend(const SendArgs& a) {
   }
   Fd qemu;
   if (from->kind == QemuEndpoint::kStdio) {
+    // A pipe, which shutdown() cannot cut: here the signals keep their default.
     qemu = Fd(::dup(STDIN_FILENO));
   } else {
     auto listener =
@@ -84,16 +111,24 @@ int RunSend(const SendArgs& a) {
       spdlog::error("{}", listener.status().ToString());
       return 1;
     }
+    g_send_cut_fd = listener->get();
+    CutOnSignals();
     std::fprintf(stderr, "rdmig send: waiting for QEMU on %s\n", a.from.c_str());
     auto conn =
         AcceptTcp(listener->get(),
                   std::chrono::milliseconds(static_cast<int64_t>(a.accept_timeout_s * 1000)));
+    g_send_cut_fd = -1;
     if (from->kind == QemuEndpoint::kUnix) ::unlink(from->path.c_str());
+    if (g_send_signal != 0) {
+      spdlog::error("cancelled on {} before QEMU connected", SignalName());
+      return 1;
+    }
     if (!conn.ok()) {
       spdlog::error("no QEMU connected: {}", conn.status().ToString());
       return 1;
     }
     qemu = std::move(conn).value();
+    g_send_cut_fd = qemu.get();
   }
   endpoint::SourceStreamOptions opts;
   opts.destination = *dest;
@@ -106,11 +141,26 @@ int RunSend(const SendArgs& a) {
     return 2;
   }
   opts.transports = *transports;
+  opts.timeout = std::chrono::milliseconds(static_cast<int64_t>(a.progress_timeout_s * 1000));
+  // Progress on long work: a line about every 2 s with the stream carried so far.
+  opts.progress = [last = std::chrono::steady_clock::time_point()](uint64_t bytes) mutable {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last < std::chrono::seconds(2)) return;
+    last = now;
+    std::fprintf(stderr, "rdmig send: %s of QEMU's stream carried\n",
+                 FormatBytes(double(bytes)).c_str());
+  };
   auto r = endpoint::RunSourceStream(qemu.get(), opts);
+  g_send_cut_fd = -1;
   qemu.reset();  // on failure this fails the source migration; the guest keeps running
   if (!r.ok()) {
-    spdlog::error("migration stream failed: {}", r.status().ToString());
-    WriteJson(a.json, {{"outcome", "failed"}, {"error", r.status().ToString()}});
+    std::string error = r.status().ToString();
+    if (g_send_signal != 0) {
+      error = "cancelled on " + SignalName() +
+              " (QEMU's stream cut: the source migration fails, the guest keeps running): " + error;
+    }
+    spdlog::error("migration stream failed: {}", error);
+    WriteJson(a.json, {{"outcome", "failed"}, {"error", error}});
     return 1;
   }
   std::printf("rdmig send: %s of QEMU stream in %.3f s over %s (%u lanes, %s mode)\n",
@@ -270,6 +320,11 @@ std::function<int()> AddSendCommand(CLI::App& app) {
                   "authenticate with the shared secret in FILE (mode 0600; `rdmig keygen FILE`)");
   cmd->add_option("--max-bandwidth", a->max_bandwidth,
                   "hold the link to this rate, e.g. 100M/s or 1Gbit (default: no limit)");
+  cmd->add_option("--progress-timeout", a->progress_timeout_s,
+                  "seconds the destination may make no progress (a stalled lane or control "
+                  "channel) before the migration fails")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   cmd->add_option("--json", a->json, "also write the report as JSON to FILE");
   return [a] { return RunSend(*a); };
 }

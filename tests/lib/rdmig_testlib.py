@@ -131,7 +131,7 @@ class Guest:
     """One QEMU process running the built-in guest (or waiting for an incoming migration)."""
 
     def __init__(self, guest_dir, name, wss_mib=64, rate_mib=0, incoming=None, paused=False,
-                 workdir=None, extra=(), append=""):
+                 workdir=None, extra=(), append="", ram=RAM):
         self.name = name
         self.own_workdir = workdir is None
         self.workdir = workdir or tempfile.mkdtemp(prefix=f"rdmig-{name}-")
@@ -140,8 +140,8 @@ class Guest:
         self.qmp2_path = f"{self.workdir}/{name}.qmp2"  # a second monitor, for rdmig migrate
         self.serial_path = f"{self.workdir}/{name}.serial"
         args = [
-            "qemu-system-x86_64", "-accel", "tcg", "-m", RAM, "-smp", "1",
-            "-object", f"memory-backend-file,id=mem0,size={RAM},mem-path={self.ram_path},share=on",
+            "qemu-system-x86_64", "-accel", "tcg", "-m", ram, "-smp", "1",
+            "-object", f"memory-backend-file,id=mem0,size={ram},mem-path={self.ram_path},share=on",
             "-machine", "q35,memory-backend=mem0",
             "-kernel", f"{guest_dir}/vmlinuz", "-initrd", f"{guest_dir}/initrd.gz",
             "-append", f"console=ttyS0 quiet panic=-1 rdmig.wss={wss_mib} rdmig.rate={rate_mib} {append}",

@@ -3,6 +3,8 @@
 #include <poll.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "transfer/lanes.h"
@@ -40,6 +42,26 @@ Capabilities RdmaCapabilities(uint32_t lanes) {
   caps.zero_copy_send = true;      // the device reads the pages where they are
   caps.needs_source_registration = true;
   return caps;
+}
+
+// RDMIG_FAULT=rdma-lane-error:LANE:N (N >= 1), or unset. rxe's loopback carries no packet through
+// the network stack and no tool outside the owning process can break a queue pair, so the fault
+// matrix cuts one RDMA lane from inside: the destination's queue pair goes to the error state, as
+// a cut link leaves it; both ends then take their real error paths.
+Status ParseLaneFault(uint32_t lanes, uint32_t* lane, uint64_t* after) {
+  const char* spec = std::getenv("RDMIG_FAULT");
+  if (spec == nullptr || *spec == '\0') return Status::Ok();
+  unsigned l = 0;
+  unsigned long long n = 0;
+  char tail = 0;
+  if (std::sscanf(spec, "rdma-lane-error:%u:%llu%c", &l, &n, &tail) != 2 || l >= lanes || n == 0) {
+    return Error(Code::kInvalidArgument, std::string("RDMIG_FAULT='") + spec +
+                                             "': want rdma-lane-error:LANE:N with LANE below " +
+                                             std::to_string(lanes) + " and N >= 1");
+  }
+  *lane = l;
+  *after = n;
+  return Status::Ok();
 }
 
 }  // namespace
@@ -102,6 +124,7 @@ Status RdmaReceiver::Repost(uint32_t lane, uint32_t slot) {
 Status RdmaReceiver::AcceptLanes(uint32_t lanes, uint64_t session_id,
                                  std::chrono::milliseconds timeout) {
   RDMIG_RETURN_IF_ERROR(CheckLaneCount(lanes));
+  RDMIG_RETURN_IF_ERROR(ParseLaneFault(lanes, &fault_lane_, &fault_after_));
   lane_count_ = lanes;
   caps_ = RdmaCapabilities(lanes);
   lanes_.resize(lanes);
@@ -167,6 +190,9 @@ Status RdmaReceiver::HandleCompletions() {
         progress_->SetEnded(lane);
       } else {
         RDMIG_RETURN_IF_ERROR(progress_->SetWatermark(lane, value).Annotate(LaneName(lane)));
+        if (lane == fault_lane_ && --fault_after_ == 0) {
+          RDMIG_RETURN_IF_ERROR(verbs::ForceQpError(lanes_[lane]->qp).Annotate("RDMIG_FAULT"));
+        }
       }
       RDMIG_RETURN_IF_ERROR(Repost(lane, slot));
     }

@@ -83,6 +83,11 @@ class RdmaReceiver final : public Receiver {
   std::vector<uint32_t> qp_nums_;
 
   std::unique_ptr<LaneProgress> progress_;  // made once the lane count is known
+  // Fault injection (RDMIG_FAULT=rdma-lane-error:LANE:N, for the fault matrix): lane LANE's queue
+  // pair is put in the error state after its Nth watermark. Set before the poller starts, then
+  // owned by it.
+  uint32_t fault_lane_ = UINT32_MAX;
+  uint64_t fault_after_ = 0;
   std::thread poller_;
   std::atomic<bool> stop_{false};
 };

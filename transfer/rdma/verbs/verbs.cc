@@ -222,6 +222,14 @@ Status PostRecv(ibv_qp* qp, ibv_recv_wr* wr) {
   return Status::Ok();
 }
 
+Status ForceQpError(ibv_qp* qp) {
+  ibv_qp_attr attr{};
+  attr.qp_state = IBV_QPS_ERR;
+  int rc = ibv_modify_qp(qp, &attr, IBV_QP_STATE);
+  if (rc != 0) return Errno("ibv_modify_qp(IBV_QPS_ERR)", rc);
+  return Status::Ok();
+}
+
 Result<int> PollCq(ibv_cq* cq, std::span<ibv_wc> wc) {
   int n = ibv_poll_cq(cq, static_cast<int>(wc.size()), wc.data());
   if (n < 0) return Error(Code::kIo, "ibv_poll_cq failed");

@@ -94,6 +94,9 @@ Status Accept(rdma_cm_id* id);
 
 Status PostSend(ibv_qp* qp, ibv_send_wr* wr);
 Status PostRecv(ibv_qp* qp, ibv_recv_wr* wr);
+// Moves `qp` to the error state, as a failed link leaves it once its retries run out: its posted
+// requests flush and its peer's writes go unanswered. Used only by fault injection (RDMIG_FAULT).
+Status ForceQpError(ibv_qp* qp);
 // Polls up to wc.size() completions; returns how many.
 Result<int> PollCq(ibv_cq* cq, std::span<ibv_wc> wc);
 // Arms `cq` for one notification on its completion channel.
