@@ -38,7 +38,7 @@ test-sanitize: deps
 	  -DRDMIG_FIXTURES_DIR=$(abspath $(BUILD))/fixtures
 	cmake --build $(SAN_BUILD) -j $(JOBS) --target $(UNIT_TARGETS)
 	cd $(SAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-	  ctest -L unit -FA '.*' --output-on-failure
+	  ctest -L unit -FA '.*' -j $(JOBS) --output-on-failure
 
 # libFuzzer (clang) on the stream reader and the control-message decoder, FUZZ_SECONDS each,
 # seeded from the captured QEMU streams of the main build.

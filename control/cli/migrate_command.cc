@@ -243,6 +243,11 @@ int RunMigrate(const MigrateArgs& a) {
   if (!dst.ok()) return Fail(a, "destination QMP", dst.status());
 
   json caps = json::array({{{"capability", "events"}, {"state", true}}});
+  // Through rdmig, QEMU's return path is on (as libvirt sets it): the source QEMU then completes
+  // only once the destination QEMU has loaded everything and said so, and a failure after the
+  // source's last byte (a destination endpoint or QEMU lost at the very end) fails the source
+  // migration and the source guest runs on, instead of staying paused in postmigrate.
+  if (rdmig) caps.push_back({{"capability", "return-path"}, {"state", true}});
   for (QmpClient* q : {&*src, &*dst}) {
     json c = caps;
     if (q == &*src && !rdmig)
@@ -363,6 +368,11 @@ int RunMigrate(const MigrateArgs& a) {
     std::string why = "the source QEMU reports " + status;
     if (info.contains("error-desc")) why += " (" + info["error-desc"].get<std::string>() + ")";
     if (!endpoint_error.empty()) why += "; rdmig: " + endpoint_error;
+    // With the return path the source may fail before rdmig hears why: a destination QEMU that
+    // died says so by its monitor being gone.
+    if (auto d = dst->Execute("query-status", nullptr, std::chrono::seconds(2)); !d.ok()) {
+      why += "; the destination QEMU is gone (" + d.status().message() + ")";
+    }
     return Fail(a, "migration", Error(Code::kAborted, why + "; the source guest keeps running"));
   }
 

@@ -42,12 +42,7 @@ def throttle_groups():
     return found
 
 
-def wait_until(what, pred, timeout, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} within {timeout} s")
-        time.sleep(interval)  # polling interval of the condition
+wait_until = t.wait_until
 
 
 def transferred(src):
@@ -117,26 +112,8 @@ class Row:
             except subprocess.TimeoutExpired:
                 print(f"{name}: {what} is still running")
                 ok = False
-        status = self.src.status()
-        verdict = self.src.verify()
-        print(f"{name}: source {status}, {verdict}")
-        ok &= status == "running" and verdict.startswith("VERIFY OK")
-        # The destination never resumed: no RESUME, and it is not running.
-        resumed = False
-        try:
-            self.dst.qmp.wait_event("RESUME", 0.5)
-            resumed = True
-        except Exception:
-            pass
-        if self.dst.alive():
-            try:
-                dstatus = self.dst.status()
-            except Exception:
-                dstatus = "unreachable"
-        else:
-            dstatus = f"exited ({self.dst.proc.returncode})"
-        print(f"{name}: destination QEMU {dstatus}, resumed: {resumed}")
-        ok &= not resumed and dstatus != "running"
+        ok &= self.src.runs_and_verifies(name)
+        ok &= self.dst.never_resumed(name)
         left = throttle_groups()
         if left:
             print(f"{name}: throttle cgroups left behind: {left}")

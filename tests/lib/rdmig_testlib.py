@@ -174,6 +174,33 @@ class Guest:
     def alive(self):
         return self.proc.poll() is None
 
+    def runs_and_verifies(self, name):
+        """For a source after a failed migration: True if it is running and its self-check
+        passes; says what it saw."""
+        status = self.status()
+        verdict = self.verify()
+        print(f"{name}: source {status}, {verdict}")
+        return status == "running" and verdict.startswith("VERIFY OK")
+
+    def never_resumed(self, name):
+        """For a destination after a failed migration: True if it emitted no RESUME and is not
+        running (it exited, or waits without running the guest); says what it saw."""
+        resumed = False
+        try:
+            self.qmp.wait_event("RESUME", 0.5)
+            resumed = True
+        except Exception:
+            pass
+        if self.alive():
+            try:
+                status = self.status()
+            except Exception:
+                status = "unreachable"
+        else:
+            status = f"exited ({self.proc.returncode})"
+        print(f"{name}: destination QEMU {status}, resumed: {resumed}")
+        return not resumed and status != "running"
+
     def close(self):
         if self.proc.poll() is None:
             try:
@@ -196,6 +223,15 @@ class Guest:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def wait_until(what, pred, timeout, interval=0.05):
+    """Polls `pred` until it holds; TimeoutError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} within {timeout} s")
+        time.sleep(interval)  # polling interval of the condition
 
 
 def enable_migration_events(qmp):
