@@ -49,13 +49,10 @@ int RunServer(const BenchArgs& a) {
   std::fflush(stdout);
   endpoint::ServeOptions opts;
   opts.max_bytes = *max;
-  auto transports = ChooseTransports(a.transport);
-  if (!transports.ok()) {
-    spdlog::error("{}", transports.status().message());
+  if (Status s = ChooseDestinationTransports(a.transport, addr->host, &opts); !s.ok()) {
+    spdlog::error("{}", s.message());
     return 2;
   }
-  opts.transports = *transports;
-  if (opts.transports.front() == session::TransportKind::kRdma) opts.rdma_ip = addr->host;
   opts.timeout = std::chrono::hours(24);  // a server waits for clients as long as it runs
   for (;;) {
     auto r = endpoint::ServeOnce(*listener, opts);

@@ -239,13 +239,10 @@ int RunReceive(const ReceiveArgs& a) {
     return 2;
   }
   opts.timeout = std::chrono::milliseconds(static_cast<int64_t>(a.timeout_s * 1000));
-  auto transports = ChooseTransports(a.transport);
-  if (!transports.ok()) {
-    spdlog::error("{}", transports.status().message());
+  if (Status s = ChooseDestinationTransports(a.transport, addr->host, &opts); !s.ok()) {
+    spdlog::error("{}", s.message());
     return 2;
   }
-  opts.transports = *transports;
-  if (opts.transports.front() == session::TransportKind::kRdma) opts.rdma_ip = addr->host;
   const QemuEndpoint qemu = *to;
   // exec: mode: the stream owns stdout. Keep it aside and point fd 1 at stderr, so that nothing
   // else can ever write into QEMU's stream (and fd 1 is never reused for a socket).

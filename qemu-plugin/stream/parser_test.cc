@@ -188,11 +188,11 @@ TEST(StreamParser, CapturedQemuStreams) {
   if (dir == nullptr) GTEST_SKIP() << "RDMIG_FIXTURES not set";
   for (const char* name : {"idle.stream", "dirty20.stream"}) {
     SCOPED_TRACE(name);
-    std::ifstream f(std::string(dir) + "/" + name, std::ios::binary);
+    std::ifstream f(std::string(dir) + "/" + name, std::ios::binary | std::ios::ate);
     ASSERT_TRUE(f) << "missing fixture " << name;
-    std::vector<char> raw((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    std::vector<std::byte> in(raw.size());
-    std::memcpy(in.data(), raw.data(), raw.size());
+    std::vector<std::byte> in(static_cast<size_t>(f.tellg()));
+    f.seekg(0);
+    ASSERT_TRUE(f.read(reinterpret_cast<char*>(in.data()), static_cast<std::streamsize>(in.size())));
     StreamParser p;
     Parsed out = ParseInPieces(p, in, 1 << 20);
     EXPECT_TRUE(out.rebuilt == in) << "the parse lost or changed bytes";
