@@ -54,10 +54,10 @@ void WriteJson(const std::string& path, const nlohmann::json& j) {
 }
 
 // SIGINT/SIGTERM while `rdmig send` runs: what it waits on is cut (shutdown() is
-// async-signal-safe): the listener while QEMU has not connected, then QEMU's stream, so the endpoint
-// fails as for a cancelled source migration, the source guest keeps running and the destination is
-// told. Installed explicitly, so a send started in the background by a script (where SIGINT is
-// ignored) can be cancelled too; a second signal kills at once (SA_RESETHAND).
+// async-signal-safe): the listener while QEMU has not connected, then QEMU's stream, so the
+// endpoint fails as for a cancelled source migration, the source guest keeps running and the
+// destination is told. Installed explicitly, so a send started in the background by a script (where
+// SIGINT is ignored) can be cancelled too; a second signal kills at once (SA_RESETHAND).
 volatile std::sig_atomic_t g_send_signal = 0;
 volatile int g_send_cut_fd = -1;
 extern "C" void OnSendSignal(int sig) {

@@ -13,8 +13,8 @@
 #include <fstream>
 #include <future>
 
+#include "control/session/listener_fixture.h"
 #include "control/session/session.h"
-#include "transfer/testing/loopback.h"
 
 namespace rdmig::session {
 namespace {
@@ -25,18 +25,13 @@ constexpr uint64_t kBytes = 1 << 20;
 const std::string kKey = "0123456789abcdef0123456789abcdef";
 const std::string kOtherKey = "fedcba9876543210fedcba9876543210";
 
-class AuthTest : public ::testing::Test {
+class AuthTest : public ListenerFixture<kBytes> {
  protected:
-  void SetUp() override {
-    auto l = DestinationListener::Listen(HostPort{"127.0.0.1", 0});
-    ASSERT_TRUE(l.ok());
-    listener_ = std::make_unique<DestinationListener>(std::move(l).value());
-  }
   // Counts how often the destination got as far as registering memory.
   PrepareRegions Prepare() {
     return [this](const std::vector<RegionSpec>& offered, RegionRegistry* regions) -> Status {
       ++prepared_;
-      return regions->Add(offered[0].id, "ram", dst_.data(), dst_.size());
+      return AddRam(offered, regions);
     };
   }
   // Runs a handshake with the given keys; returns (source result, destination result).
@@ -52,14 +47,11 @@ class AuthTest : public ::testing::Test {
     SourceOptions o;
     o.key = source_key;
     o.timeout = seconds(5);
-    auto s =
-        SourceSession::Connect(HostPort{"127.0.0.1", listener_->port()}, {{0, "ram", kBytes}}, o);
+    auto s = SourceSession::Connect(addr(), {{0, "ram", kBytes}}, o);
     Status d = dest.get();
     return {s.status(), d};
   }
 
-  std::unique_ptr<DestinationListener> listener_;
-  testing::AnonMemory dst_{kBytes};
   std::atomic<int> prepared_{0};
 };
 
@@ -104,7 +96,7 @@ TEST_F(AuthTest, AForgedSourceProofIsRefused) {
     o.timeout = seconds(5);
     return listener_->Accept(Prepare(), o).status();
   });
-  auto fd = ConnectTcp(HostPort{"127.0.0.1", listener_->port()}, seconds(5));
+  auto fd = ConnectTcp(addr(), seconds(5));
   ASSERT_TRUE(fd.ok());
   ControlChannel c(std::move(fd).value(), "destination");
   pb::SourceMessage hello;

@@ -6,6 +6,7 @@
 
 #include <future>
 
+#include "control/session/listener_fixture.h"
 #include "transfer/testing/loopback.h"
 
 namespace rdmig::session {
@@ -16,26 +17,17 @@ using testing::AnonMemory;
 
 constexpr uint64_t kBytes = 8 << 20;
 
-class SessionTest : public ::testing::Test {
+class SessionTest : public ListenerFixture<kBytes> {
  protected:
-  void SetUp() override {
-    auto l = DestinationListener::Listen(HostPort{"127.0.0.1", 0});
-    ASSERT_TRUE(l.ok());
-    listener_ = std::make_unique<DestinationListener>(std::move(l).value());
-  }
   // Memory for exactly one region named "ram" of kBytes.
   PrepareRegions Prepare() {
     return [this](const std::vector<RegionSpec>& offered, RegionRegistry* regions) -> Status {
       if (offered.size() != 1 || offered[0].name != "ram" || offered[0].length != kBytes) {
         return Error(Code::kInvalidArgument, "layout does not match this guest");
       }
-      return regions->Add(offered[0].id, "ram", dst_.data(), dst_.size());
+      return AddRam(offered, regions);
     };
   }
-  HostPort addr() const { return HostPort{"127.0.0.1", listener_->port()}; }
-
-  std::unique_ptr<DestinationListener> listener_;
-  AnonMemory dst_{kBytes};
 };
 
 TEST_F(SessionTest, HandshakeThenTransferThenDigests) {
@@ -120,8 +112,8 @@ TEST_F(SessionTest, TargetRefusedBeforeAnythingIsPrepared) {
   auto dest = std::async(std::launch::async, [&] {
     DestinationOptions o;
     o.on_target = [](const Target& t, std::string*) -> Status {
-      return Error(Code::kPermissionDenied, "the agent does not feed QEMU sockets at " +
-                                                t.qemu_socket);
+      return Error(Code::kPermissionDenied,
+                   "the agent does not feed QEMU sockets at " + t.qemu_socket);
     };
     return listener_
         ->Accept(

@@ -104,8 +104,8 @@ TEST(StreamParser, UnknownRecordFlagSwitchesToPassthroughWithoutLosingBytes) {
 TEST(StreamParser, ReturnPathCommandsAreKeptAndParsingGoesOn) {
   StreamBuilder b;
   b.Header().Configuration();
-  b.U8(kCommand).U8(0).U8(kCmdOpenReturnPath).U8(0).U8(0);           // open the return path
-  b.U8(kCommand).U8(0).U8(kCmdPing).U8(0).U8(4).Be32(1);             // ping 1
+  b.U8(kCommand).U8(0).U8(kCmdOpenReturnPath).U8(0).U8(0);  // open the return path
+  b.U8(kCommand).U8(0).U8(kCmdPing).U8(0).U8(4).Be32(1);    // ping 1
   b.RamStart(2, {{"pc.ram", 64 * 1024}}).EosFooter(2);
   b.End(2).Page("pc.ram", 0, 0x55).EosFooter(2).DeviceStateAndEof();
   for (size_t piece : {1, 3, 4096}) {
@@ -192,7 +192,8 @@ TEST(StreamParser, CapturedQemuStreams) {
     ASSERT_TRUE(f) << "missing fixture " << name;
     std::vector<std::byte> in(static_cast<size_t>(f.tellg()));
     f.seekg(0);
-    ASSERT_TRUE(f.read(reinterpret_cast<char*>(in.data()), static_cast<std::streamsize>(in.size())));
+    ASSERT_TRUE(
+        f.read(reinterpret_cast<char*>(in.data()), static_cast<std::streamsize>(in.size())));
     StreamParser p;
     Parsed out = ParseInPieces(p, in, 1 << 20);
     EXPECT_TRUE(out.rebuilt == in) << "the parse lost or changed bytes";
