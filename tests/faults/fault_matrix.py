@@ -27,7 +27,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 import rdmig_testlib as t  # noqa: E402
@@ -40,9 +39,6 @@ def throttle_groups():
     for dirpath, dirnames, _ in os.walk("/sys/fs/cgroup/cpu"):
         found += [os.path.join(dirpath, d) for d in dirnames if d.startswith("rdmig-throttle-")]
     return found
-
-
-wait_until = t.wait_until
 
 
 def transferred(src):
@@ -90,7 +86,7 @@ class Row:
              f"unix:{self.work}/dst-in.sock", "--max-bandwidth", LINK, "--json",
              f"{self.work}/m.json", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_until("migration under way", lambda: transferred(self.src) > (8 << 20), 60)
+        t.wait_until("migration under way", lambda: transferred(self.src) > (8 << 20), 60)
 
     def migrate_result(self, timeout=90):
         out, err = self.migrate.communicate(timeout=timeout)
@@ -228,11 +224,11 @@ def qmp_cancel(row):
 def kill_migrate(row):
     # Killed while it throttles the guest: the guard must give the vCPU back.
     vcpu = row.src.qmp.execute("query-cpus-fast")[0]["thread-id"]
-    wait_until("the guest throttled", lambda: ":cpu:/rdmig-throttle-" in
-               open(f"/proc/{vcpu}/cgroup").read(), 60)
+    t.wait_until("the guest throttled", lambda: ":cpu:/rdmig-throttle-" in
+                 open(f"/proc/{vcpu}/cgroup").read(), 60)
     row.migrate.kill()
-    wait_until("the vCPU thread back home", lambda: ":cpu:/rdmig-throttle-" not in
-               open(f"/proc/{vcpu}/cgroup").read(), 10)
+    t.wait_until("the vCPU thread back home", lambda: ":cpu:/rdmig-throttle-" not in
+                 open(f"/proc/{vcpu}/cgroup").read(), 10)
 
 
 def malformed_stream_row(rdmig, guest_dir):
@@ -253,8 +249,8 @@ def malformed_stream_row(rdmig, guest_dir):
                                            f"--to 127.0.0.1:{row.recv.port} >{send_log} 2>&1")
         status = t.wait_migration(row.src.qmp, 120)
         print(f"{name}: source migration {status}")
-        wait_until("rdmig send done", lambda: "migration stream failed" in open(send_log).read()
-                   or "rdmig send:" in open(send_log).read(), 30)
+        t.wait_until("rdmig send done", lambda: "migration stream failed" in open(send_log).read()
+                     or "rdmig send:" in open(send_log).read(), 30)
         err = open(send_log).read()
         ok = status == "failed"
         ok &= row.check_after_fault(name, "ended inside a record", err)

@@ -44,9 +44,6 @@ UNITS = {"B": 1 / 2**20, "KiB": 1 / 1024, "MiB": 1, "GiB": 1024}
 GUEST_FAULT_PORT = 7000  # where `rdmig send` takes the source QEMU's stream, in the guest
 
 
-wait_until = t.wait_until
-
-
 class RxeGuest:
     """The Soft-RoCE guest with rdmig in it, as a remote shell: sh(script) runs `script` there."""
 
@@ -212,12 +209,12 @@ class Matrix:
             self.sent = 0
             self.src.qmp.execute("migrate", uri=f"tcp:127.0.0.1:{self.g.fwd}")
             if inject:
-                wait_until("rdmig send carrying pages", lambda: self.sent_so_far() is None
-                           or self.carried() >= MID_PASS, 120, interval=0.2)
+                t.wait_until("rdmig send carrying pages", lambda: self.sent_so_far() is None
+                             or self.carried() >= MID_PASS, 120, interval=0.2)
                 print(f"{name}: injected with {self.carried():.1f} MiB of the stream carried")
                 status = inject(self)  # the row's status if the injection waited for the end
             else:  # the fault comes from within (RDMIG_FAULT): how far the migration got
-                wait_until("the migration failing", lambda: self.sent_so_far() is None, 120)
+                t.wait_until("the migration failing", lambda: self.sent_so_far() is None, 120)
                 print(f"{name}: the source had sent {self.sent / 2**20:.1f} MiB of RAM")
         if not isinstance(status, str):
             status = t.wait_migration(self.src.qmp, 120)
