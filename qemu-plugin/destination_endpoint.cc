@@ -107,6 +107,46 @@ class ReturnPathPump {
   std::thread thread_;
 };
 
+Status WriteToQemu(int fd, std::vector<iovec>& iov, uint64_t* written) {
+  for (size_t at = 0; at < iov.size(); at += IOV_MAX) {
+    const int n = static_cast<int>(std::min<size_t>(IOV_MAX, iov.size() - at));
+    for (int i = 0; i < n; ++i) *written += iov[at + i].iov_len;
+    RDMIG_RETURN_IF_ERROR(WriteAllV(fd, iov.data() + at, n, "destination QEMU"));
+  }
+  return Status::Ok();
+}
+
+Status QemuLeftEarly(uint64_t written) {
+  return Error(Code::kAborted,
+               "the destination QEMU closed its stream before its end (after " +
+                   std::to_string(written) +
+                   " bytes): it read an end of stream too early, its memory is incomplete");
+}
+
+// The chunk with QEMU's end of stream. All but its last byte first: a QEMU that parses its stream
+// right waits for that byte, so it is still reading when it has read everything before it, which
+// the kernel can show (AllRead); a QEMU that took an earlier byte for its end of stream closes
+// instead. Then the last byte.
+Status DeliverEnd(int fd, std::vector<iovec>& iov, std::chrono::milliseconds timeout,
+                  DestinationStreamReport* report) {
+  while (!iov.empty() && iov.back().iov_len == 0) iov.pop_back();
+  if (iov.empty()) return Error(Code::kProtocol, "the end of QEMU's stream came without bytes");
+  iovec& last = iov.back();
+  last.iov_len -= 1;
+  iovec final_byte{static_cast<std::byte*>(last.iov_base) + last.iov_len, 1};
+  RDMIG_RETURN_IF_ERROR(WriteToQemu(fd, iov, &report->qemu_bytes));
+  if (Status read = WaitAllRead(fd, timeout, "the destination QEMU"); !read.ok()) {
+    if (read.code() != Code::kUnavailable) {
+      return read.code() == Code::kAborted ? QemuLeftEarly(report->qemu_bytes) : read;
+    }
+    report->delivery_note = read.message();
+  } else {
+    report->qemu_all_read = true;
+  }
+  std::vector<iovec> tail{final_byte};
+  return WriteToQemu(fd, tail, &report->qemu_bytes);
+}
+
 }  // namespace
 
 Result<DestinationStreamReport> RunDestinationStream(session::DestinationListener& listener,
@@ -204,6 +244,10 @@ Result<DestinationStreamReport> RunDestinationStream(session::DestinationListene
     if (!msg.has_chunk()) return Error(Code::kProtocol, "unexpected control message");
     const pb::StreamChunk& c = msg.chunk();
     if (ended) return Error(Code::kProtocol, "stream chunk after the end of the stream");
+    if (c.end() && !d->completed()) {
+      return Error(Code::kProtocol, "the end of QEMU's stream came before the lanes were checked");
+    }
+    if (ReaderGone(qemu.get())) return QemuLeftEarly(report.qemu_bytes);
     if (!c.passthrough().empty()) report.passthrough = c.passthrough();
     // Design rule 2: nothing of this chunk reaches QEMU before the pages posted before it landed.
     RDMIG_RETURN_IF_ERROR(d->receiver().WaitWatermark(c.watermark(), options.timeout));
@@ -217,18 +261,12 @@ Result<DestinationStreamReport> RunDestinationStream(session::DestinationListene
       iov.push_back({p, op.length});
       return Status::Ok();
     }));
-    for (size_t at = 0; at < iov.size(); at += IOV_MAX) {
-      const int n = static_cast<int>(std::min<size_t>(IOV_MAX, iov.size() - at));
-      for (int i = 0; i < n; ++i) report.qemu_bytes += iov[at + i].iov_len;
-      RDMIG_RETURN_IF_ERROR(WriteAllV(qemu.get(), iov.data() + at, n, "destination QEMU"));
-    }
     ++report.chunks;
-    if (c.end()) {
-      ended = true;
-      return_path.Stop();
-      qemu.reset();  // QEMU has its whole stream
-    }
-    return Status::Ok();
+    if (!c.end()) return WriteToQemu(qemu.get(), iov, &report.qemu_bytes);
+    RDMIG_RETURN_IF_ERROR(DeliverEnd(qemu.get(), iov, options.timeout, &report));
+    ended = true;
+    return d->SendDelivered(
+        session::DeliveredReport{report.qemu_bytes, report.qemu_all_read, report.delivery_note});
   };
 
   RDMIG_ASSIGN_OR_RETURN(session::LandedReport landed, d->Serve(options.timeout, on_chunk));

@@ -7,8 +7,15 @@
 //    (ROMs, vram) stay in the stream.
 //  - staged: every block lands in private staging memory; each page record is written to QEMU with
 //    its payload taken from staging.
-// On any failure QEMU's connection is closed with the stream cut short, so the destination QEMU
-// fails its load and never runs a guest with incomplete memory (design rule 5).
+// The chunk with QEMU's end of stream is written only after every lane landed what the source sent
+// on it; then the endpoint shows that the destination QEMU read every byte of its stream while its
+// socket was still open (a unix socket or a pipe; see AllRead), and tells the source. A destination
+// QEMU that closes its socket before that read an end of stream too early: the migration fails,
+// whatever QEMU's own status says.
+// On any failure QEMU's connection is closed with the stream cut short. A destination QEMU can take
+// a cut stream for a complete one (it did with QEMU 10.0), so it must not be left to start the
+// guest by itself: it is started with -S, or its orchestrator turns its autostart off (`rdmig
+// migrate`, or `rdmig receive --dest-qmp`) and quits it when the migration fails.
 // Thread-safety: runs on the calling thread.
 #pragma once
 
@@ -71,6 +78,8 @@ struct DestinationStreamReport {
   uint64_t lane_bytes = 0;
   uint64_t chunks = 0;
   std::string passthrough;
+  bool qemu_all_read = false;  // the destination QEMU read its whole stream (see above)
+  std::string delivery_note;   // why that could not be shown
 };
 
 // Accepts one source on `listener` and runs its migration to the end.

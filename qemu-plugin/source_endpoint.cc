@@ -11,6 +11,7 @@
 #include "qemu-plugin/stream/chunk.h"
 #include "qemu-plugin/stream/format.h"
 #include "qemu-plugin/stream/parser.h"
+#include "transfer/fault.h"
 #include "transfer/pacer.h"
 
 namespace rdmig::endpoint {
@@ -38,6 +39,32 @@ void AnnounceBlock(const session::RegionSpec& block, stream::ChunkWriter* chunk)
   chunk->Raw(header, 9 + block.name.size());
 }
 
+// A stream that stopped before QEMU's end of stream: the source migration failed or was cut.
+Status EndedEarly(const stream::StreamParser& parser, size_t unparsed) {
+  std::string where = unparsed > 0 ? "inside a record (" + std::to_string(unparsed) + " bytes left, " +
+                                         stream::StateName(parser.state()) + ")"
+                                   : std::string("before QEMU's end of stream (") +
+                                         stream::StateName(parser.state()) + ", at offset " +
+                                         std::to_string(parser.position()) + ")";
+  return Error(Code::kAborted, "QEMU's migration stream ended " + where +
+                                   ": the source migration was cancelled or failed, or its "
+                                   "stream was cut");
+}
+
+// RDMIG_FAULT=early-eof:BYTES (fault matrix): once BYTES of QEMU's stream were read, the stream is
+// cut between two sections right after a well-formed QEMU_VM_EOF byte, so that the destination
+// QEMU believes its stream ended there.
+Status InjectEarlyEof(stream::ChunkWriter* chunk, const std::function<Status()>& send) {
+  const std::byte eof{stream::kEof};
+  chunk->Raw(&eof, 1);
+  RDMIG_RETURN_IF_ERROR(send());
+  return Error(Code::kAborted, "RDMIG_FAULT early-eof: the stream was cut after an early "
+                               "end-of-stream byte");
+}
+
+// Waiting for QEMU's stream while a migration runs has no deadline of its own: QEMU decides.
+constexpr std::chrono::milliseconds kNoDeadline{-1};
+
 }  // namespace
 
 // Bytes a page write costs on the wire besides its payload (its descriptor), for pacing.
@@ -62,13 +89,22 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
 
   // Waits until QEMU's stream is readable; meanwhile passes what the destination sends unasked
   // (its QEMU's return path: QEMU waits for the destination's SHUT before it ends its stream).
-  auto wait_stream = [&]() -> Status {
+  auto wait_stream = [&](std::chrono::milliseconds timeout) -> Status {
     if (live == nullptr) return Status::Ok();
+    const auto deadline = Clock::now() + timeout;
     for (;;) {
       pollfd fds[2] = {{qemu_fd, POLLIN, 0}, {live->control().fd(), POLLIN, 0}};
-      const int r = ::poll(fds, 2, -1);
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      const int r = ::poll(fds, 2, timeout < std::chrono::milliseconds(0)
+                                       ? -1
+                                       : static_cast<int>(std::max<int64_t>(0, left)));
       if (r < 0 && errno == EINTR) continue;
       if (r < 0) return Status::FromErrno("poll QEMU's stream", errno);
+      if (r == 0) {
+        return Error(Code::kTimeout, "QEMU's migration stream: nothing within " +
+                                         std::to_string(timeout.count()) + " ms");
+      }
       if (fds[1].revents != 0) RDMIG_RETURN_IF_ERROR(live->Pump(options.timeout));
       if (fds[0].revents != 0) return Status::Ok();
     }
@@ -82,7 +118,7 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
       parser.ForcePassthrough("a record larger than the stream buffer", &items);
     }
     if (!read || have == buf.size() || eof) return Status::Ok();
-    RDMIG_RETURN_IF_ERROR(wait_stream());
+    RDMIG_RETURN_IF_ERROR(wait_stream(kNoDeadline));
     RDMIG_ASSIGN_OR_RETURN(size_t n, ReadSome(qemu_fd, buf.data() + have, buf.size() - have));
     if (report.stream_bytes == 0 && n > 0) start = Clock::now();
     report.stream_bytes += n;
@@ -144,11 +180,12 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
   pages.reserve(items.capacity());
   uint64_t tag = 0, mark = 0;
   bool passthrough_sent = false;
-  auto send_chunk = [&](bool end) -> Status {
+  // A chunk is released at the destination once `watermark` landed on every lane; the final one
+  // (end) follows Complete, whose watermark it names.
+  auto send_chunk_at = [&](uint64_t watermark, bool end) -> Status {
     pb::SourceMessage msg;
     pb::StreamChunk* c = msg.mutable_chunk();
-    RDMIG_RETURN_IF_ERROR(tx.PostWatermark(++mark));
-    c->set_watermark(mark);
+    c->set_watermark(watermark);
     c->set_ops(chunk.ops());
     c->set_end(end);
     if (!parser.passthrough_reason().empty() && !passthrough_sent) {
@@ -161,13 +198,21 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
     chunk.clear();
     return s->control().Send(msg);
   };
+  auto send_chunk = [&](bool end) -> Status {
+    RDMIG_RETURN_IF_ERROR(tx.PostWatermark(++mark));
+    return send_chunk_at(mark, end);
+  };
+  auto send_final_chunk = [&](uint64_t final_mark) { return send_chunk_at(final_mark, true); };
 
-  // 2. The stream: pages of registered blocks on their lanes, the rest in chunks behind watermarks.
+  // 2. The stream: pages of registered blocks on their lanes, the rest in chunks behind watermarks,
+  // up to QEMU's own end of stream. The chunk that holds it is kept back (see the header).
   // When it fails here, the destination may know better why (its QEMU went away, say): ask it.
+  RDMIG_ASSIGN_OR_RETURN(std::optional<FaultSpec> early_eof, TestFault("early-eof"));
   auto stream_all = [&]() -> Status {
     for (;;) {
       const uint64_t wire_before = wire_bytes;
       const uint64_t lane_before = report.lane_bytes;
+      if (early_eof && report.stream_bytes >= early_eof->a) parser.StopAtNextSection();
       size_t used = parser.Parse(std::span(buf.data(), have), &items);
       for (const stream::Item& it : items) {
         if (it.kind == stream::Item::kPassthrough) {
@@ -208,7 +253,9 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
         pages.clear();
       }
       wire_bytes += report.lane_bytes - lane_before;
-      if (!chunk.empty()) RDMIG_RETURN_IF_ERROR(send_chunk(false));
+      const bool at_end = used == have && parser.at_clean_end();
+      if (parser.stopped_at_section()) return InjectEarlyEof(&chunk, [&] { return send_chunk(false); });
+      if (!chunk.empty() && !at_end) RDMIG_RETURN_IF_ERROR(send_chunk(false));
       // Page data lives in `buf`: it may move only once the transport is done with it.
       if (tag > 0) RDMIG_RETURN_IF_ERROR(tx.WaitCompleted(tag, options.timeout).status());
       stats.lane_bytes.store(report.lane_bytes, std::memory_order_relaxed);
@@ -216,31 +263,35 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
       stats.wire_bytes.store(wire_bytes, std::memory_order_relaxed);
       // A slower link: QEMU's stream is not read on until the link would have carried these bytes.
       pacer.Pace(wire_bytes - wire_before);
-      if (eof && used == have) break;
-      if (eof) {
-        return Error(Code::kAborted, "QEMU's migration stream ended inside a record (" +
-                                         std::to_string(have - used) + " bytes left, " +
-                                         stream::StateName(parser.state()) +
-                                         "): the source migration was cancelled or failed, or "
-                                         "its stream was cut");
-      }
+      if (at_end) return Status::Ok();
+      if (eof) return EndedEarly(parser, have - used);
       RDMIG_RETURN_IF_ERROR(refill(used, true));
     }
-    if (!parser.at_clean_end()) {
-      return Error(Code::kAborted, std::string("QEMU's migration stream ended ") +
-                                       stream::StateName(parser.state()) +
-                                       " (the source migration was cancelled or failed)");
-    }
-    return Status::Ok();
   };
   if (Status st = stream_all(); !st.ok()) return s->Explain(st);
+  report.seconds = std::chrono::duration<double>(Clock::now() - start).count();
 
-  RDMIG_RETURN_IF_ERROR(send_chunk(true));
+  // 3. The switchover: the lanes' counts checked, then QEMU's end of stream, then its delivery.
+  const auto end_seen = Clock::now();
   RDMIG_ASSIGN_OR_RETURN(session::LandedReport landed,
                          s->Complete(++mark, report.pages, report.lane_bytes, options.timeout));
   (void)landed;
+  RDMIG_RETURN_IF_ERROR(send_final_chunk(mark));
+  RDMIG_ASSIGN_OR_RETURN(session::DeliveredReport delivered, s->AwaitDelivered(options.timeout));
+  report.landed_check_ms =
+      std::chrono::duration<double, std::milli>(Clock::now() - end_seen).count();
+  report.qemu_bytes = delivered.qemu_bytes;
+  report.qemu_all_read = delivered.all_read;
+  report.delivery_note = delivered.note;
   report.passthrough = parser.passthrough_reason();
-  report.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  // QEMU closes its stream once it is done (with a return path, once the destination QEMU said
+  // so); nothing may follow its end of stream.
+  RDMIG_RETURN_IF_ERROR(wait_stream(options.timeout));
+  RDMIG_ASSIGN_OR_RETURN(size_t extra, ReadSome(qemu_fd, buf.data(), buf.size()));
+  if (extra != 0) {
+    return Error(Code::kProtocol, "QEMU's migration stream went on after its end of stream (" +
+                                      std::to_string(extra) + " more bytes)");
+  }
   return report;
 }
 

@@ -3,6 +3,12 @@
 // chunks on the control channel, each released at the destination only after the pages before it
 // landed.
 //
+// A migration is complete only when QEMU's stream reached QEMU's own end of stream (EOF and its
+// VMDESCRIPTION): a stream that ends anywhere before it, at a record boundary or in the device
+// state, fails. The chunk holding that end goes to the destination only after the destination
+// confirmed that every lane landed what was sent on it, and the endpoint then waits for the
+// destination's word that its QEMU read the whole stream.
+//
 // Any failure returns an error; the caller closes QEMU's connection, so the source migration fails
 // and the guest keeps running (design rule 5).
 // Thread-safety: runs on the calling thread.
@@ -55,7 +61,13 @@ struct SourceStreamReport {
   uint64_t control_bytes = 0;  // stream bytes forwarded on the control channel
   uint64_t chunks = 0;
   std::string passthrough;  // why part of the stream went verbatim; empty if none did
-  double seconds = 0;       // first byte from QEMU to the destination's landed confirmation
+  double seconds = 0;       // first byte from QEMU to the end of QEMU's stream
+  // The destination's account of the switchover: every lane's counts agreed (else an error), and
+  // whether its QEMU read its whole stream (qemu_all_read), or why that was not shown.
+  uint64_t qemu_bytes = 0;  // written to the destination QEMU
+  bool qemu_all_read = false;
+  std::string delivery_note;
+  double landed_check_ms = 0;  // QEMU's end read here to the destination's Delivered
 };
 
 // Runs one migration: reads QEMU's stream from `qemu_fd` until QEMU closes it.

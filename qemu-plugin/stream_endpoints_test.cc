@@ -6,6 +6,8 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <csignal>
+#include <functional>
 #include <future>
 #include <map>
 #include <thread>
@@ -45,9 +47,20 @@ struct Outcome {
   std::vector<std::byte> qemu_stream;  // what the destination QEMU read
   SourceStreamReport source;
   DestinationStreamReport destination;
+  Status source_status;
+  Status destination_status;
 };
 
-Outcome Migrate(const std::vector<std::byte>& in, DestinationStreamOptions dopts) {
+// The destination QEMU as the tests play it: reads its stream from a pipe.
+struct FakeQemu {
+  size_t read_limit = SIZE_MAX;  // closes its end after this many bytes, as a QEMU that took an
+                                 // early byte for its end of stream does
+  // Called with the stream read so far, after each read.
+  std::function<void(const std::vector<std::byte>&)> on_read;
+};
+
+Outcome Migrate(const std::vector<std::byte>& in, DestinationStreamOptions dopts,
+                const FakeQemu& fake = {}, bool expect_ok = true) {
   Outcome o;
   auto listener = session::DestinationListener::Listen(HostPort{"127.0.0.1", 0});
   EXPECT_TRUE(listener.ok());
@@ -60,8 +73,11 @@ Outcome Migrate(const std::vector<std::byte>& in, DestinationStreamOptions dopts
   auto reader = std::async(std::launch::async, [&] {
     std::vector<std::byte> got;
     std::byte buf[65536];
-    for (ssize_t n; (n = ::read(qemu_pipe[0], buf, sizeof(buf))) > 0;)
+    for (ssize_t n; got.size() < fake.read_limit &&
+                    (n = ::read(qemu_pipe[0], buf, std::min(sizeof(buf), fake.read_limit - got.size()))) > 0;) {
       got.insert(got.end(), buf, buf + n);
+      if (fake.on_read) fake.on_read(got);
+    }
     ::close(qemu_pipe[0]);
     return got;
   });
@@ -78,13 +94,24 @@ Outcome Migrate(const std::vector<std::byte>& in, DestinationStreamOptions dopts
   auto src = RunSourceStream(qemu_src[1], sopts);
   writer.join();
   ::close(qemu_src[1]);
-  EXPECT_TRUE(src.ok()) << src.status().ToString();
   auto d = dest.get();
-  EXPECT_TRUE(d.ok()) << d.status().ToString();
+  if (expect_ok) {
+    EXPECT_TRUE(src.ok()) << src.status().ToString();
+    EXPECT_TRUE(d.ok()) << d.status().ToString();
+  }
   o.qemu_stream = reader.get();
+  o.source_status = src.status();
+  o.destination_status = d.status();
   if (src.ok()) o.source = *src;
   if (d.ok()) o.destination = *d;
   return o;
+}
+
+// The destination QEMU was given a whole stream: QEMU's end of stream is where it stops.
+bool EndsWithQemusEnd(const std::vector<std::byte>& s) {
+  stream::StreamParser p;
+  std::vector<stream::Item> items;
+  return p.Parse(s, &items) == s.size() && p.at_clean_end();
 }
 
 // The RAM a QEMU gets from applying `s`'s records of block 0 to `ram`.
@@ -202,6 +229,117 @@ TEST(StreamEndpoints, DirectModeNamesTheBlockBeforeAVerbatimContinueRecord) {
     }
   }
   EXPECT_EQ(std::to_integer<int>(files.at("mem0").data()[4096]), 0x22);
+}
+
+// Design rule 5, source side: a stream that stops anywhere before QEMU's own end of stream (at a
+// record boundary, in the device state, right after the EOF byte) is a failed migration, and the
+// destination QEMU never receives an end of stream.
+TEST(StreamEndpoints, AStreamThatStopsBeforeQemusEndFailsAndQemuNeverGetsAnEnd) {
+  StreamBuilder b;
+  b.Header().Configuration().RamStart(2, {{"mem0", kRam}}).EosFooter(2);
+  b.Part(2).Page("mem0", 0, 0x11);
+  const size_t record_boundary = b.bytes.size();
+  b.Page("", 4096, 0x22).EosFooter(2).End(2).Zero("mem0", 8192).EosFooter(2);
+  b.DeviceStateAndEof();
+  const std::vector<std::byte> whole = b.bytes;
+  const size_t eof_byte = whole.size() - 8;  // EOF, VMDESCRIPTION, be32 2, "{}"
+  ASSERT_EQ(std::to_integer<int>(whole[eof_byte]), stream::kEof);
+  for (size_t cut : {record_boundary, eof_byte - 3, eof_byte, eof_byte + 1, whole.size() - 1}) {
+    SCOPED_TRACE("cut at " + std::to_string(cut) + " of " + std::to_string(whole.size()));
+    std::vector<std::byte> in(whole.begin(), whole.begin() + cut);
+    DestinationStreamOptions d;
+    d.mode = DestinationStreamOptions::Mode::kStaged;
+    Outcome o = Migrate(in, d, {}, /*expect_ok=*/false);
+    EXPECT_FALSE(o.source_status.ok());
+    EXPECT_NE(o.source_status.message().find("ended"), std::string::npos)
+        << o.source_status.ToString();
+    EXPECT_FALSE(o.destination_status.ok());
+    EXPECT_FALSE(EndsWithQemusEnd(o.qemu_stream));
+  }
+  DestinationStreamOptions d;
+  d.mode = DestinationStreamOptions::Mode::kStaged;
+  Outcome o = Migrate(whole, d);
+  EXPECT_EQ(o.qemu_stream, whole);
+  EXPECT_TRUE(o.source.qemu_all_read) << o.source.delivery_note;
+  EXPECT_TRUE(o.destination.qemu_all_read);
+  EXPECT_EQ(o.source.qemu_bytes, whole.size());
+}
+
+// Every lane's counts are checked before the end of QEMU's stream goes to the destination QEMU: a
+// page lost on a lane (RDMIG_FAULT=tcp-drop-page) fails the migration, and QEMU gets no end.
+TEST(StreamEndpoints, ALostPageFailsTheMigrationBeforeQemuGetsItsEnd) {
+  ::setenv("RDMIG_FAULT", "tcp-drop-page:0:2", 1);
+  DestinationStreamOptions d;
+  d.mode = DestinationStreamOptions::Mode::kStaged;
+  Outcome o = Migrate(ThreePassStream(), d, {}, /*expect_ok=*/false);
+  ::unsetenv("RDMIG_FAULT");
+  EXPECT_FALSE(o.source_status.ok());
+  EXPECT_NE(o.source_status.message().find("lane 0 landed"), std::string::npos)
+      << o.source_status.ToString();
+  EXPECT_FALSE(o.destination_status.ok());
+  EXPECT_FALSE(EndsWithQemusEnd(o.qemu_stream));
+}
+
+// Design rule 5, destination side: a destination QEMU that stops reading before the end (it took an
+// earlier byte for its end of stream) fails the migration, whatever it believes.
+TEST(StreamEndpoints, ADestinationQemuThatStopsReadingEarlyFailsTheMigration) {
+  std::signal(SIGPIPE, SIG_IGN);
+  const auto in = ThreePassStream();
+  for (size_t limit : {size_t{100}, in.size() - 10}) {
+    SCOPED_TRACE("QEMU reads " + std::to_string(limit) + " bytes");
+    DestinationStreamOptions d;
+    d.mode = DestinationStreamOptions::Mode::kStaged;
+    Outcome o = Migrate(in, d, FakeQemu{limit, {}}, /*expect_ok=*/false);
+    EXPECT_FALSE(o.source_status.ok());
+    EXPECT_FALSE(o.destination_status.ok());
+    EXPECT_NE(o.destination_status.ToString().find("destination QEMU"), std::string::npos)
+        << o.destination_status.ToString();
+  }
+}
+
+// Design rule 2, deterministic: lane 0 (all of mem0) lands each frame 300 ms late
+// (RDMIG_FAULT=tcp-hold-lane); the device state behind the ram section must still reach QEMU only
+// once mem0 holds its final contents.
+TEST(StreamEndpoints, NoChunkReachesQemuBeforeTheLanePagesBeforeItLanded) {
+  char path[] = "/tmp/rdmig-ram-XXXXXX";
+  int fd = ::mkstemp(path);
+  ASSERT_GE(fd, 0);
+  std::vector<std::byte> stale(kRam, kStale);
+  ASSERT_EQ(::write(fd, stale.data(), stale.size()), ssize_t(kRam));
+  ::close(fd);
+  std::map<std::string, MappedFile> files;
+  files.emplace("mem0", std::move(MappedFile::Open(path)).value());
+  ::unlink(path);
+  DestinationStreamOptions d;
+  d.mode = DestinationStreamOptions::Mode::kDirect;
+  d.ram_files = &files;
+  const auto expected = ExpectedRam();
+  int checked = 0, early = 0;
+  FakeQemu qemu;
+  qemu.on_read = [&](const std::vector<std::byte>& got) {
+    stream::StreamParser p;
+    std::vector<stream::Item> items;
+    p.Parse(got, &items);
+    if (p.state() != stream::StreamParser::State::kTail) return;
+    ++checked;
+    early += std::memcmp(files.at("mem0").data(), expected.data(), kRam) != 0;
+  };
+  // Device state larger than the endpoint's buffer: it goes in chunks of its own, ahead of the
+  // chunk with QEMU's end of stream (which waits for the lanes' check anyway).
+  std::vector<std::byte> in = ThreePassStream();
+  in.resize(in.size() - 40);  // drop DeviceStateAndEof(): 32 bytes of device state, 8 of end
+  StreamBuilder tail;
+  tail.SectionStart(stream::kSectionFull, 9, "bulk", 1);
+  for (int i = 0; i < 40000; ++i) tail.U8(uint8_t(i));
+  tail.U8(stream::kSectionFooter).Be32(9).U8(stream::kEof).U8(stream::kVmDescription).Be32(2);
+  tail.U8('{').U8('}');
+  in.insert(in.end(), tail.bytes.begin(), tail.bytes.end());
+  ASSERT_TRUE(EndsWithQemusEnd(in));
+  ::setenv("RDMIG_FAULT", "tcp-hold-lane:0:300", 1);
+  Outcome o = Migrate(in, d, qemu);
+  ::unsetenv("RDMIG_FAULT");
+  EXPECT_GT(checked, 0) << "the device state never reached QEMU";
+  EXPECT_EQ(early, 0) << "device state reached QEMU before mem0's pages landed";
 }
 
 }  // namespace

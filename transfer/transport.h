@@ -36,6 +36,14 @@ struct Capabilities {
   bool needs_source_registration = false;  // Post only from memory given to RegisterSource
 };
 
+// What one lane carried: page writes (payload pages and zero fills), payload bytes, and the newest
+// watermark. The source's count of what it posted and the destination's of what landed must agree.
+struct LaneCounters {
+  uint64_t pages = 0;
+  uint64_t bytes = 0;
+  uint64_t watermark = 0;
+};
+
 // Source side. Writes land in the order they were posted on their lane, zero fills included.
 // Pages posted before a watermark are on the destination before the watermark is seen
 // there (design rule 2); a page always travels on LaneOf(region, offset) (design rule 1).
@@ -64,12 +72,9 @@ class Transport {
   // Ends the data stream on every lane after everything posted; the destination sees an orderly
   // end.
   virtual Status Finish() = 0;
-};
 
-struct LaneCounters {
-  uint64_t pages = 0;
-  uint64_t bytes = 0;
-  uint64_t watermark = 0;
+  // What lane `lane` (< capabilities().lanes) was given so far: pages, payload bytes, watermark.
+  virtual LaneCounters Sent(uint32_t lane) const = 0;
 };
 
 // Destination side: lands pages in the registered regions and reports lane watermarks.

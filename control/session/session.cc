@@ -187,6 +187,13 @@ Result<LandedReport> SourceSession::Complete(uint64_t final_mark, uint64_t pages
   msg.mutable_complete()->set_watermark(final_mark);
   msg.mutable_complete()->set_pages(pages);
   msg.mutable_complete()->set_bytes(bytes);
+  for (uint32_t l = 0; l < transport_->capabilities().lanes; ++l) {
+    const LaneCounters c = transport_->Sent(l);
+    pb::LaneCount* out = msg.mutable_complete()->add_lanes();
+    out->set_pages(c.pages);
+    out->set_bytes(c.bytes);
+    out->set_watermark(c.watermark);
+  }
   RDMIG_RETURN_IF_ERROR(control_.Send(msg));
   pb::DestinationMessage reply;
   RDMIG_RETURN_IF_ERROR(ReceiveReply(&reply, timeout).Annotate("waiting for landed"));
@@ -195,6 +202,18 @@ Result<LandedReport> SourceSession::Complete(uint64_t final_mark, uint64_t pages
     return Error(Code::kAborted, "destination failed to land the pages: " + reply.landed().error());
   }
   return LandedReport{reply.landed().pages(), reply.landed().bytes()};
+}
+
+Result<DeliveredReport> SourceSession::AwaitDelivered(std::chrono::milliseconds timeout) {
+  pb::DestinationMessage reply;
+  RDMIG_RETURN_IF_ERROR(
+      ReceiveReply(&reply, timeout).Annotate("waiting for the destination QEMU to read its stream"));
+  if (reply.has_landed() && !reply.landed().ok()) {
+    return Error(Code::kAborted, "destination: " + reply.landed().error());
+  }
+  if (!reply.has_delivered()) return Error(Code::kProtocol, "expected Delivered from the destination");
+  return DeliveredReport{reply.delivered().qemu_bytes(), reply.delivered().all_read(),
+                         reply.delivered().note()};
 }
 
 Status SourceSession::ReceiveReply(pb::DestinationMessage* reply,
@@ -221,6 +240,14 @@ Status SourceSession::Pump(std::chrono::milliseconds timeout) {
     return Error(Code::kAborted, "destination: " + msg.landed().error());
   }
   return Error(Code::kProtocol, "unexpected message from the destination while streaming");
+}
+
+Status DestinationSession::SendDelivered(const DeliveredReport& delivered) {
+  pb::DestinationMessage m;
+  m.mutable_delivered()->set_qemu_bytes(delivered.qemu_bytes);
+  m.mutable_delivered()->set_all_read(delivered.all_read);
+  m.mutable_delivered()->set_note(delivered.note);
+  return control_.Send(m);
 }
 
 Status DestinationSession::SendReturnPath(std::string_view data, bool closed) {
@@ -418,10 +445,50 @@ Status SourceSession::Explain(const Status& local, std::chrono::milliseconds wai
   return local;
 }
 
+namespace {
+
+// Every lane landed what the source says it sent on it, up to the final watermark. A receiver of
+// one-sided writes (RDMA) cannot count pages; there the watermark, which reaches it after the
+// lane's writes on the same queue pair, is what is compared.
+Status CheckLanesLanded(const Receiver& rx, const pb::Complete& sent) {
+  const uint32_t lanes = rx.capabilities().lanes;
+  if (static_cast<uint32_t>(sent.lanes_size()) != lanes) {
+    return Error(Code::kProtocol, "the source reports " + std::to_string(sent.lanes_size()) +
+                                      " lanes, " + std::to_string(lanes) + " are connected");
+  }
+  uint64_t pages = 0, bytes = 0;
+  for (uint32_t l = 0; l < lanes; ++l) {
+    const LaneCounters got = rx.Counters(l);
+    const pb::LaneCount& want = sent.lanes(static_cast<int>(l));
+    pages += want.pages();
+    bytes += want.bytes();
+    const bool counts_differ =
+        !rx.capabilities().one_sided && (got.pages != want.pages() || got.bytes != want.bytes());
+    if (counts_differ || got.watermark != want.watermark() || want.watermark() != sent.watermark()) {
+      return Error(Code::kProtocol,
+                   "lane " + std::to_string(l) + " landed " + std::to_string(got.pages) +
+                       " pages / " + std::to_string(got.bytes) + " bytes up to watermark " +
+                       std::to_string(got.watermark) + ", the source sent " +
+                       std::to_string(want.pages()) + " / " + std::to_string(want.bytes()) +
+                       " up to " + std::to_string(want.watermark()) + " (final " +
+                       std::to_string(sent.watermark()) + ")");
+    }
+  }
+  if (pages != sent.pages() || bytes != sent.bytes()) {
+    return Error(Code::kProtocol, "the source's lanes add up to " + std::to_string(pages) +
+                                      " pages / " + std::to_string(bytes) + " bytes, it sent " +
+                                      std::to_string(sent.pages()) + " / " +
+                                      std::to_string(sent.bytes()));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 Result<LandedReport> DestinationSession::Serve(std::chrono::milliseconds timeout,
                                                const MessageHandler& other) {
   LandedReport landed;
-  bool completed = false;  // the source's Complete was confirmed: its closing is the normal end
+  bool& completed = completed_;  // the source's Complete was confirmed: its closing is the normal end
   for (;;) {
     pb::SourceMessage msg;
     // Wait for the next message in slices, watching the lanes meanwhile: a source that lost its
@@ -461,13 +528,7 @@ Result<LandedReport> DestinationSession::Serve(std::chrono::milliseconds timeout
         landed.pages += c.pages;
         landed.bytes += c.bytes;
       }
-      if (w.ok() && !receiver_->capabilities().one_sided &&
-          (landed.pages != msg.complete().pages() || landed.bytes != msg.complete().bytes())) {
-        w = Error(Code::kProtocol, "landed " + std::to_string(landed.pages) + " pages / " +
-                                       std::to_string(landed.bytes) + " bytes, source sent " +
-                                       std::to_string(msg.complete().pages()) + " / " +
-                                       std::to_string(msg.complete().bytes()));
-      }
+      if (w.ok()) w = CheckLanesLanded(*receiver_, msg.complete());
       pb::DestinationMessage reply;
       reply.mutable_landed()->set_ok(w.ok());
       reply.mutable_landed()->set_error(w.ok() ? "" : w.ToString());

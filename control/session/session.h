@@ -61,6 +61,13 @@ struct LandedReport {
   uint64_t bytes = 0;
 };
 
+// The destination's word that QEMU has its whole stream (session.proto's Delivered).
+struct DeliveredReport {
+  uint64_t qemu_bytes = 0;
+  bool all_read = false;  // the destination QEMU read every byte while its socket was open
+  std::string note;       // why all_read could not be shown
+};
+
 class SourceSession {
  public:
   // Connects to the destination's control port and runs the handshake.
@@ -78,10 +85,14 @@ class SourceSession {
   // Why this transport runs (e.g. why RDMA was not used); empty when it is simply the first choice.
   const std::string& transport_note() const { return note_; }
 
-  // Posts `final_mark` after everything sent, tells the destination, and waits until it confirms
-  // that every page landed.
+  // Posts `final_mark` after everything sent, tells the destination with each lane's counts, and
+  // waits until it confirms that every lane landed what was sent on it.
   Result<LandedReport> Complete(uint64_t final_mark, uint64_t pages, uint64_t bytes,
                                 std::chrono::milliseconds timeout);
+
+  // After the chunk with QEMU's end of stream: waits until the destination says its QEMU has the
+  // whole stream (or why not).
+  Result<DeliveredReport> AwaitDelivered(std::chrono::milliseconds timeout);
 
   // For a failure seen here (a lane or the control channel broke): waits briefly for the
   // destination's own account of what went wrong and returns an error carrying both.
@@ -152,6 +163,11 @@ class DestinationSession {
   // Serve: the endpoint's return-path thread calls it.
   Status SendReturnPath(std::string_view data, bool closed);
 
+  // True once Serve confirmed the source's Complete: every lane landed what the source sent.
+  bool completed() const { return completed_; }
+  // Tells the source that its QEMU has the whole stream (from the handler of the end chunk).
+  Status SendDelivered(const DeliveredReport& delivered);
+
  private:
   friend class DestinationListener;
   DestinationSession() = default;
@@ -160,6 +176,7 @@ class DestinationSession {
   std::unique_ptr<Receiver> receiver_;
   uint64_t session_id_ = 0;
   TransportKind kind_ = TransportKind::kTcp;
+  bool completed_ = false;
 };
 
 class DestinationListener {

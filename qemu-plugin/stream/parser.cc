@@ -56,6 +56,68 @@ const char* StateName(StreamParser::State state) {
   return "?";
 }
 
+void EndOfStreamScanner::Consider(const std::byte* h, uint64_t at) {
+  if (uint8_t(h[0]) != kEof || uint8_t(h[1]) != kVmDescription || uint8_t(h[6]) != '{') return;
+  const uint32_t length = Be32(h + 2);
+  if (length < 2 || length > kMaxDescription) return;
+  if (candidates_.size() == kMaxCandidates) candidates_.erase(candidates_.begin());
+  candidates_.push_back(Candidate{at + 6 + length});
+}
+
+void EndOfStreamScanner::Close(std::span<const std::byte> data, uint64_t at) {
+  const uint64_t until = at + data.size();
+  std::erase_if(candidates_, [&](Candidate& c) {
+    if (c.end <= at || c.end > until) return c.end <= at && !c.closed;  // decided, or later
+    c.closed = uint8_t(data[c.end - 1 - at]) == '}';
+    return !c.closed;
+  });
+  std::erase_if(candidates_, [&](const Candidate& c) { return c.end < until; });
+}
+
+void EndOfStreamScanner::Scan(std::span<const std::byte> data, uint64_t at) {
+  if (data.empty()) return;
+  // Headers that start in the carried bytes and end in `data`.
+  if (carried_ > 0 && carry_at_ + carried_ == at) {
+    std::array<std::byte, 2 * kHeaderBytes> joined{};
+    const size_t take = std::min(data.size(), kHeaderBytes - 1);
+    std::memcpy(joined.data(), carry_.data(), carried_);
+    std::memcpy(joined.data() + carried_, data.data(), take);
+    for (size_t i = 0; i < carried_ && i + kHeaderBytes <= carried_ + take; ++i) {
+      Consider(joined.data() + i, carry_at_ + i);
+    }
+  }
+  for (size_t i = 0; i + kHeaderBytes <= data.size(); ++i) {
+    const void* eof = std::memchr(data.data() + i, kEof, data.size() - kHeaderBytes + 1 - i);
+    if (eof == nullptr) break;
+    i = static_cast<const std::byte*>(eof) - data.data();
+    Consider(data.data() + i, at + i);
+  }
+  Close(data, at);
+  // Keep the last bytes for a header that straddles this piece and the next.
+  const size_t keep = std::min(data.size(), kHeaderBytes - 1);
+  if (keep < kHeaderBytes - 1 && carried_ > 0 && carry_at_ + carried_ == at) {
+    const size_t old = std::min(carried_, kHeaderBytes - 1 - keep);
+    std::memmove(carry_.data(), carry_.data() + carried_ - old, old);
+    std::memcpy(carry_.data() + old, data.data() + data.size() - keep, keep);
+    carried_ = old + keep;
+  } else {
+    std::memcpy(carry_.data(), data.data() + data.size() - keep, keep);
+    carried_ = keep;
+  }
+  carry_at_ = at + data.size() - carried_;
+}
+
+bool EndOfStreamScanner::EndsAt(uint64_t end) const {
+  for (const Candidate& c : candidates_) {
+    if (c.end == end && c.closed) return true;
+  }
+  return false;
+}
+
+bool StreamParser::at_clean_end() const {
+  return (state_ == State::kTail || state_ == State::kPassthrough) && end_.EndsAt(position_);
+}
+
 void StreamParser::Raw(const std::byte* p, size_t n, std::vector<Item>* out) {
   if (n == 0) return;
   if (!out->empty()) {
@@ -92,8 +154,14 @@ size_t StreamParser::Parse(std::span<const std::byte> data, std::vector<Item>* o
   while (consumed < data.size() && !(until_layout && layout_known())) {
     if (state_ == State::kTail || state_ == State::kPassthrough) {
       Raw(data.data() + consumed, data.size() - consumed, out);
+      end_.Scan(data.subspan(consumed), position_);
       position_ += data.size() - consumed;
       return data.size();
+    }
+    if (stop_at_section_ && state_ == State::kTopLevel) {
+      stop_at_section_ = false;
+      stopped_at_section_ = true;
+      break;
     }
     size_t used = 0;
     Step step = ParseOne(data.subspan(consumed), &used, out);

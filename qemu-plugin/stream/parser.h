@@ -4,9 +4,13 @@
 // The parser never guesses (design rule 4): a section, flag or version it does not know switches it
 // to pass-through, and from the first byte of that record on every byte is forwarded verbatim.
 // After the ram section's END footer the rest of the stream (device state, EOF, VMDESCRIPTION) is
-// the verbatim tail, which is normal. Thread-safety: not thread-safe; one thread feeds it.
+// the verbatim tail, which is normal. The parser also recognises QEMU's own end of stream in the
+// tail (or in pass-through): EOF followed by the VMDESCRIPTION section, ending the stream; a stream
+// that stops anywhere before it is not complete, whatever bytes it stops on.
+// Thread-safety: not thread-safe; one thread feeds it.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -42,6 +46,33 @@ struct Item {
   const std::byte* page = nullptr;
 };
 
+// Finds QEMU's end of stream in bytes it cannot parse: QEMU_VM_EOF, then QEMU_VM_VMDESCRIPTION with
+// a be32 length and that many bytes of JSON ('{' ... '}'), then nothing. Device state is opaque, so
+// every place such a header could start is a candidate until the stream shows it is not the end.
+// Thread-safety: not thread-safe.
+class EndOfStreamScanner {
+ public:
+  // Looks at the next `data.size()` bytes of the stream, which start at stream offset `at`.
+  void Scan(std::span<const std::byte> data, uint64_t at);
+  // True when a complete EOF + VMDESCRIPTION ends exactly at stream offset `end`.
+  bool EndsAt(uint64_t end) const;
+
+ private:
+  struct Candidate {
+    uint64_t end;         // stream offset just past the description's last byte
+    bool closed = false;  // its last byte is '}'
+  };
+  static constexpr size_t kHeaderBytes = 7;            // EOF, VMDESCRIPTION, be32 length, '{'
+  static constexpr uint32_t kMaxDescription = 64u << 20;  // QEMU's are tens of KiB
+  static constexpr size_t kMaxCandidates = 4096;  // the oldest go first: the real one comes last
+  void Consider(const std::byte* header, uint64_t at);
+  void Close(std::span<const std::byte> data, uint64_t at);
+  std::vector<Candidate> candidates_;
+  std::array<std::byte, kHeaderBytes - 1> carry_{};  // the stream's last bytes before `at`
+  size_t carried_ = 0;
+  uint64_t carry_at_ = 0;  // stream offset of carry_[0]
+};
+
 class StreamParser {
  public:
   enum class State {
@@ -68,8 +99,13 @@ class StreamParser {
   bool layout_known() const { return !blocks_.empty() || state_ == State::kPassthrough; }
   // Why the stream went to pass-through, with the stream offset; empty when it did not.
   const std::string& passthrough_reason() const { return passthrough_reason_; }
-  // True when the stream may end here: the verbatim tail or pass-through.
-  bool at_clean_end() const { return state_ == State::kTail || state_ == State::kPassthrough; }
+  // True when everything parsed so far ends exactly with QEMU's own end of stream (EOF and its
+  // VMDESCRIPTION, in the tail or in pass-through): the stream is complete here and nowhere else.
+  bool at_clean_end() const;
+  // Test-only fault injection: the next Parse stops between two top-level sections (before the next
+  // section starts), so that the caller can cut the stream there.
+  void StopAtNextSection() { stop_at_section_ = true; }
+  bool stopped_at_section() const { return stopped_at_section_; }
   uint64_t position() const { return position_; }
   uint64_t pages() const { return pages_; }
   uint64_t zeros() const { return zeros_; }
@@ -93,6 +129,9 @@ class StreamParser {
   uint64_t position_ = 0;
   uint64_t pages_ = 0;
   uint64_t zeros_ = 0;
+  EndOfStreamScanner end_;
+  bool stop_at_section_ = false;
+  bool stopped_at_section_ = false;
 };
 
 const char* StateName(StreamParser::State state);

@@ -182,6 +182,37 @@ TEST(StreamParser, StreamCutInsideRamIsNotACleanEnd) {
   EXPECT_EQ(p.state(), StreamParser::State::kRam);
 }
 
+// QEMU's own end of stream (EOF, then VMDESCRIPTION and its JSON) is the only clean end: the
+// stream cut anywhere in the tail, or with bytes after it, is not complete, however it is fed.
+TEST(StreamParser, OnlyQemusEndOfStreamIsACleanEnd) {
+  const auto whole = TwoPassStream().bytes;
+  const size_t eof_at = whole.size() - 8;  // EOF, VMDESCRIPTION, be32 2, "{}"
+  for (size_t piece : {size_t{1}, size_t{3}, size_t{7}, size_t{1} << 20}) {
+    SCOPED_TRACE("piece=" + std::to_string(piece));
+    StreamParser whole_parser;
+    ParseInPieces(whole_parser, whole, piece);
+    EXPECT_TRUE(whole_parser.at_clean_end());
+    for (size_t cut = eof_at - 20; cut < whole.size(); ++cut) {
+      StreamParser p;
+      ParseInPieces(p, std::vector<std::byte>(whole.begin(), whole.begin() + cut), piece);
+      EXPECT_FALSE(p.at_clean_end()) << "cut at " << cut << " of " << whole.size();
+    }
+    auto longer = whole;
+    longer.push_back(std::byte{0});
+    StreamParser p;
+    ParseInPieces(p, longer, piece);
+    EXPECT_FALSE(p.at_clean_end()) << "a byte after the description";
+  }
+  // An EOF and description-shaped header inside device state is not taken for the end.
+  StreamBuilder b;
+  b.Header().Configuration().RamStart(2, {{"mem0", 64 * 1024}}).EosFooter(2).End(2).EosFooter(2);
+  b.SectionStart(kSectionFull, 7, "dev", 1).U8(kEof).U8(kVmDescription).Be32(2).U8('{').U8('x');
+  b.U8(kSectionFooter).Be32(7).U8(kEof).U8(kVmDescription).Be32(3).U8('{').U8(' ').U8('}');
+  StreamParser p;
+  ParseInPieces(p, b.bytes, 5);
+  EXPECT_TRUE(p.at_clean_end());
+}
+
 // Streams captured from real QEMU 7.2 by scripts/capture-stream (the CTest fixture).
 TEST(StreamParser, CapturedQemuStreams) {
   const char* dir = std::getenv("RDMIG_FIXTURES");
@@ -198,6 +229,10 @@ TEST(StreamParser, CapturedQemuStreams) {
     Parsed out = ParseInPieces(p, in, 1 << 20);
     EXPECT_TRUE(out.rebuilt == in) << "the parse lost or changed bytes";
     EXPECT_EQ(p.state(), StreamParser::State::kTail) << p.passthrough_reason();
+    EXPECT_TRUE(p.at_clean_end()) << "QEMU's end of stream not found";
+    StreamParser cut;
+    ParseInPieces(cut, std::vector<std::byte>(in.begin(), in.end() - 1), 1 << 20);
+    EXPECT_FALSE(cut.at_clean_end()) << "the last byte missing is not a clean end";
     ASSERT_FALSE(p.blocks().empty());
     EXPECT_EQ(p.blocks()[0].name, "mem0");
     EXPECT_EQ(p.blocks()[0].length, 524280ull * 1024);

@@ -6,6 +6,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -354,6 +356,49 @@ Status SetSendTimeout(int fd, std::chrono::milliseconds timeout) {
 
 Status WaitReadable(int fd, std::chrono::milliseconds timeout, std::string_view what) {
   return PollFor(fd, POLLIN, timeout, what);
+}
+
+Result<bool> AllRead(int fd) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return Status::FromErrno("fstat", errno);
+  int unread = 0;
+  if (S_ISFIFO(st.st_mode)) {
+    if (::ioctl(fd, FIONREAD, &unread) != 0) return Status::FromErrno("ioctl FIONREAD", errno);
+    return unread == 0;
+  }
+  sockaddr_storage addr{};
+  socklen_t len = sizeof(addr);
+  if (S_ISSOCK(st.st_mode) && ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0 &&
+      addr.ss_family == AF_UNIX) {
+    if (::ioctl(fd, SIOCOUTQ, &unread) != 0) return Status::FromErrno("ioctl SIOCOUTQ", errno);
+    return unread == 0;
+  }
+  return Error(Code::kUnavailable,
+               "cannot tell whether the reader read everything: not a unix socket or a pipe");
+}
+
+bool ReaderGone(int fd) {
+  pollfd p{fd, 0, 0};  // POLLHUP and POLLERR are reported whatever is asked
+  return ::poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR)) != 0;
+}
+
+Status WaitAllRead(int fd, std::chrono::milliseconds timeout, std::string_view what) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    // Read first, gone after: all read while the reader was still there proves it read it all.
+    RDMIG_ASSIGN_OR_RETURN(bool all, AllRead(fd));
+    if (ReaderGone(fd)) {
+      return Error(Code::kAborted, std::string(what) + " went away without reading everything "
+                                                       "written to it");
+    }
+    if (all) return Status::Ok();
+    if (std::chrono::steady_clock::now() > deadline) {
+      return Error(Code::kTimeout, std::string(what) + " read nothing more within " +
+                                       std::to_string(timeout.count()) + " ms");
+    }
+    pollfd p{fd, 0, 0};
+    (void)::poll(&p, 1, 1);  // wakes early when the reader goes
+  }
 }
 
 }  // namespace rdmig

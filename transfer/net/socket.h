@@ -88,4 +88,15 @@ Status SetSendTimeout(int fd, std::chrono::milliseconds timeout);
 // Waits until `fd` is readable; kTimeout after `timeout`.
 Status WaitReadable(int fd, std::chrono::milliseconds timeout, std::string_view what);
 
+// Whether what was written to `fd` has been read by its reader. Provable for a unix-domain stream
+// socket (the kernel frees each message once the peer read all of it: SIOCOUTQ falls to 0) and a
+// pipe (FIONREAD); kUnavailable otherwise (a TCP socket only knows what the peer's kernel
+// acknowledged, not what the peer read).
+Result<bool> AllRead(int fd);
+// True once the reader of `fd` is gone (the peer closed its socket, or the pipe's read end).
+bool ReaderGone(int fd);
+// Waits until the reader of `fd` read everything written to it while it still had `fd` open: a
+// reader that goes away first left bytes unread (kAborted); kTimeout after `timeout`.
+Status WaitAllRead(int fd, std::chrono::milliseconds timeout, std::string_view what);
+
 }  // namespace rdmig

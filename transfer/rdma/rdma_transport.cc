@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "transfer/fault.h"
 #include "transfer/lanes.h"
 
 namespace rdmig {
@@ -49,18 +50,14 @@ Capabilities RdmaCapabilities(uint32_t lanes) {
 // matrix cuts one RDMA lane from inside: the destination's queue pair goes to the error state, as
 // a cut link leaves it; both ends then take their real error paths.
 Status ParseLaneFault(uint32_t lanes, uint32_t* lane, uint64_t* after) {
-  const char* spec = std::getenv("RDMIG_FAULT");
-  if (spec == nullptr || *spec == '\0') return Status::Ok();
-  unsigned l = 0;
-  unsigned long long n = 0;
-  char tail = 0;
-  if (std::sscanf(spec, "rdma-lane-error:%u:%llu%c", &l, &n, &tail) != 2 || l >= lanes || n == 0) {
-    return Error(Code::kInvalidArgument, std::string("RDMIG_FAULT='") + spec +
-                                             "': want rdma-lane-error:LANE:N with LANE below " +
+  RDMIG_ASSIGN_OR_RETURN(std::optional<FaultSpec> f, TestFault("rdma-lane-error"));
+  if (!f) return Status::Ok();
+  if (f->a >= lanes || f->b == 0) {
+    return Error(Code::kInvalidArgument, "RDMIG_FAULT: want rdma-lane-error:LANE:N with LANE below " +
                                              std::to_string(lanes) + " and N >= 1");
   }
-  *lane = l;
-  *after = n;
+  *lane = static_cast<uint32_t>(f->a);
+  *after = f->b;
   return Status::Ok();
 }
 
@@ -446,6 +443,8 @@ Status RdmaTransport::Post(std::span<const PageWrite> batch, uint64_t tag) {
     const RemoteRegion& r = remote_[p.region];
     const uint64_t remote = r.addr + p.offset;
     Lane& lane = lanes_[LaneOf(p.region, p.offset, lane_count_)];
+    ++lane.sent.pages;
+    if (p.data != nullptr) lane.sent.bytes += p.length;
     if (lane.nsge > 0 &&
         (remote != lane.remote_end || lane.nsge == kRdmaMaxSge || lane.rkey != r.rkey)) {
       RDMIG_RETURN_IF_ERROR(FlushWrite(lane, tag, false));
@@ -484,6 +483,7 @@ Status RdmaTransport::PostWatermark(uint64_t mark) {
   control_buf_[0] = mark;
   for (uint32_t i = 0; i < lane_count_; ++i) {
     RDMIG_RETURN_IF_ERROR(PostControl(lanes_[i], &control_buf_[0], false));
+    lanes_[i].sent.watermark = mark;
   }
   last_mark_ = mark;
   return Status::Ok();

@@ -107,6 +107,7 @@ class RdmaTransport final : public Transport {
   Status PostWatermark(uint64_t mark) override;
   Result<uint64_t> WaitCompleted(uint64_t tag, std::chrono::milliseconds timeout) override;
   Status Finish() override;
+  LaneCounters Sent(uint32_t lane) const override { return lanes_[lane].sent; }
 
  private:
   struct Signal {      // a signaled request: everything before it on the lane completes with it
@@ -124,6 +125,7 @@ class RdmaTransport final : public Transport {
     uint32_t sig_head = 0, sig_count = 0;
     uint64_t completed_tag = 0;
     uint64_t last_tag = 0;  // the newest batch that put a request on this lane
+    LaneCounters sent;
     // The write under construction.
     std::array<ibv_sge, kRdmaMaxSge> sge;
     uint32_t nsge = 0;

@@ -5,6 +5,9 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <thread>
+
+#include "transfer/fault.h"
 
 namespace rdmig {
 
@@ -49,7 +52,17 @@ TcpTransport::TcpTransport(std::vector<Fd> lanes)
 Result<std::unique_ptr<TcpTransport>> TcpTransport::Create(std::vector<Fd> lanes) {
   RDMIG_RETURN_IF_ERROR(CheckLaneCount(lanes.size()).Annotate("tcp transport"));
   for (const Fd& fd : lanes) RDMIG_RETURN_IF_ERROR(TuneDataSocket(fd.get()));
-  return std::unique_ptr<TcpTransport>(new TcpTransport(std::move(lanes)));
+  RDMIG_ASSIGN_OR_RETURN(std::optional<FaultSpec> drop, TestFault("tcp-drop-page"));
+  std::unique_ptr<TcpTransport> t(new TcpTransport(std::move(lanes)));
+  if (drop) {
+    if (drop->a >= t->lane_count_ || drop->b == 0) {
+      return Error(Code::kInvalidArgument, "RDMIG_FAULT: want tcp-drop-page:LANE:N with LANE below " +
+                                               std::to_string(t->lane_count_) + " and N >= 1");
+    }
+    t->drop_lane_ = static_cast<uint32_t>(drop->a);
+    t->drop_nth_ = drop->b;
+  }
+  return t;
 }
 
 Status TcpTransport::Fail(Status s) {
@@ -87,6 +100,9 @@ Status TcpTransport::Post(std::span<const PageWrite> batch, uint64_t tag) {
                        " bytes is empty, too long or crosses a lane stripe");
     }
     Lane& lane = lanes_[LaneOf(p.region, p.offset, lane_count_)];
+    ++lane.sent.pages;
+    if (p.data != nullptr) lane.sent.bytes += p.length;
+    if (lane.index == drop_lane_ && lane.sent.pages == drop_nth_) continue;
     const uint32_t length = p.data == nullptr ? p.length | tcpwire::kZeroFill : p.length;
     tcpwire::Encode(tcpwire::PageDesc{p.region, length, p.offset},
                     lane.head.data() + tcpwire::kHeaderBytes + lane.count * tcpwire::kDescBytes);
@@ -123,6 +139,7 @@ Status TcpTransport::PostWatermark(uint64_t mark) {
   }
   for (uint32_t i = 0; i < lane_count_; ++i) {
     RDMIG_RETURN_IF_ERROR(SendControl(lanes_[i], tcpwire::FrameType::kWatermark, mark));
+    lanes_[i].sent.watermark = mark;
   }
   last_mark_ = mark;
   return Status::Ok();
@@ -170,6 +187,11 @@ Result<std::unique_ptr<TcpReceiver>> TcpReceiver::Start(std::vector<Fd> lanes,
   if (regions == nullptr) return Error(Code::kInvalidArgument, "tcp receiver: no regions");
   for (const Fd& fd : lanes) RDMIG_RETURN_IF_ERROR(TuneDataSocket(fd.get()));
   std::unique_ptr<TcpReceiver> r(new TcpReceiver(std::move(lanes), regions));
+  RDMIG_ASSIGN_OR_RETURN(std::optional<FaultSpec> hold, TestFault("tcp-hold-lane"));
+  if (hold) {
+    r->hold_lane_ = static_cast<uint32_t>(hold->a);
+    r->hold_ = std::chrono::milliseconds(hold->b);
+  }
   for (uint32_t i = 0; i < r->lane_count_; ++i) {
     Lane& lane = r->lanes_[i];
     lane.thread = std::thread([rp = r.get(), &lane] { rp->Run(lane); });
@@ -221,6 +243,7 @@ Status TcpReceiver::LandFrames(Lane& lane) {
     }
     switch (static_cast<FrameType>(h.type)) {
       case FrameType::kPages: {
+        if (lane.index == hold_lane_) std::this_thread::sleep_for(hold_);
         if (h.count == 0 || h.count > kMaxFramePages) {
           return Error(Code::kProtocol, "page frame with " + std::to_string(h.count) +
                                             " pages (want 1.." + std::to_string(kMaxFramePages) +

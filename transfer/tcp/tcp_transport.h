@@ -34,6 +34,7 @@ class TcpTransport final : public Transport {
   Status PostWatermark(uint64_t mark) override;
   Result<uint64_t> WaitCompleted(uint64_t tag, std::chrono::milliseconds timeout) override;
   Status Finish() override;
+  LaneCounters Sent(uint32_t lane) const override { return lanes_[lane].sent; }
 
  private:
   // One lane's frame under construction: header + descriptors in `head`, payloads in `iov[1..]`.
@@ -43,6 +44,7 @@ class TcpTransport final : public Transport {
     uint32_t count = 0;     // pages in the frame
     uint32_t payloads = 0;  // of which carry a payload (iov[1..payloads])
     uint64_t payload = 0;
+    LaneCounters sent;
     std::array<std::byte, tcpwire::kMaxFrameHeadBytes> head;
     std::array<iovec, tcpwire::kMaxFramePages + 1> iov;
   };
@@ -59,6 +61,10 @@ class TcpTransport final : public Transport {
   uint64_t last_mark_ = 0;
   bool finished_ = false;
   Status broken_;  // first failure; every later call returns it
+  // Fault injection (RDMIG_FAULT=tcp-drop-page:LANE:N, for the fault matrix): the Nth page posted
+  // on lane LANE is counted as sent but never sent, as a lost write would be.
+  uint32_t drop_lane_ = UINT32_MAX;
+  uint64_t drop_nth_ = 0;
 };
 
 // Thread-safety: thread-safe; one internal thread per lane lands pages.
@@ -97,6 +103,11 @@ class TcpReceiver final : public Receiver {
   const RegionRegistry* regions_;
   std::unique_ptr<Lane[]> lanes_;
   uint32_t lane_count_;
+  // Fault injection (RDMIG_FAULT=tcp-hold-lane:LANE:MS, for tests of design rule 2): lane LANE waits
+  // MS ms before it lands each page frame, so that it falls behind the others and the control
+  // channel. Set before the lane threads start.
+  uint32_t hold_lane_ = UINT32_MAX;
+  std::chrono::milliseconds hold_{0};
   LaneProgress progress_;
 };
 
