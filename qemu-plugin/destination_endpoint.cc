@@ -120,7 +120,8 @@ Status QemuLeftEarly(uint64_t written) {
   return Error(Code::kAborted,
                "the destination QEMU closed its stream before its end (after " +
                    std::to_string(written) +
-                   " bytes): it read an end of stream too early, its memory is incomplete");
+                   " bytes): it exited, or took an earlier byte for its end of stream; its "
+                   "memory is incomplete");
 }
 
 // The chunk with QEMU's end of stream. All but its last byte first: a QEMU that parses its stream

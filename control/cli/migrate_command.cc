@@ -25,6 +25,7 @@
 #include "control/qmp/qmp_client.h"
 #include "control/session/auth.h"
 #include "qemu-plugin/source_endpoint.h"
+#include "transfer/fault.h"
 
 namespace rdmig::cli {
 
@@ -54,6 +55,21 @@ CancelOnSignals::~CancelOnSignals() {
 }
 
 int CancelSignal() { return g_cancel_signal; }
+
+// Keeps the destination QEMU from starting the guest by itself when its load ends: QEMU turns its
+// autostart off when told `stop` while it waits for an incoming migration. rdmig resumes it only
+// after the switchover was verified.
+Status HoldDestination(qmp::QmpClient& dst) {
+  RDMIG_ASSIGN_OR_RETURN(json st, dst.Execute("query-status"));
+  const std::string status = st.value("status", "");
+  if (status != "inmigrate") {
+    return Error(Code::kInvalidArgument,
+                 "the destination QEMU is " + status +
+                     ", not waiting for an incoming migration (start it with -incoming)");
+  }
+  return dst.Execute("stop").status();
+}
+
 
 std::optional<Limits> ParseLimits(const MigrateArgs& a) {
   auto budget_ms = ParseMillis(a.blackout_budget);
@@ -189,6 +205,15 @@ int ReportCompleted(const MigrateArgs& a, const Follower& follow, double t_migra
         FormatBytes(report["blackout_bytes"].get<double>()).c_str(),
         FormatBytes(follow.link_bandwidth()).c_str(), *fixed_cost_measured, fixed_ms);
   }
+  if (e.extra.contains("switchover_checks")) {
+    std::printf("  switchover  verified before the destination ran: both QEMUs completed, every lane "
+                "landed what was sent, the destination QEMU read its whole stream");
+    if (e.extra.contains("switchover_check_ms")) {
+      std::printf(" (%.0f ms of the blackout, load end to resume)",
+                  e.extra["switchover_check_ms"].get<double>());
+    }
+    std::printf("\n");
+  }
   std::printf("  throttle    peak %.0f%%, %.2f throttle-seconds (%s)\n",
               follow.peak_throttle() * 100, follow.throttle_seconds(),
               report["throttle_actuator"].get<std::string>().c_str());
@@ -209,6 +234,65 @@ int ReportCompleted(const MigrateArgs& a, const Follower& follow, double t_migra
 }
 
 namespace {
+
+// Exit status of a failed migration after which rdmig could not get the guest running anywhere.
+constexpr int kExitGuestRunsNowhere = 3;
+
+// A failed switchover ends with exactly one running guest, the source: the destination QEMU is
+// quit (never resumed), and the source guest is resumed if QEMU left it paused (a migration that
+// completed on the source leaves it in postmigrate). Reports where the guest runs and returns the
+// exit status: 1 when it runs on the source, kExitGuestRunsNowhere when it runs nowhere.
+int FailOnSource(const MigrateArgs& a, QmpClient& src, QmpClient* dst, const std::string& what,
+                 const Status& why) {
+  std::string dest_note = "the destination QEMU was quit";
+  if (dst != nullptr) {
+    if (auto q = dst->Execute("quit", nullptr, std::chrono::seconds(2)); !q.ok()) {
+      dest_note = "the destination QEMU is gone";
+    }
+  }
+  auto status = [&] {
+    auto st = src.Execute("query-status", nullptr, std::chrono::seconds(5));
+    return st.ok() ? st->value("status", "?") : "unreachable (" + st.status().message() + ")";
+  };
+  std::string source = status();
+  std::string resumed;
+  if (source != "running" && source.rfind("unreachable", 0) != 0) {
+    auto c = src.Execute("cont", nullptr, std::chrono::seconds(5));
+    resumed = c.ok() ? " (resumed by rdmig from " + source + ")"
+                     : " (" + source + "; cont: " + c.status().message() + ")";
+    source = status();
+  }
+  const bool on_source = source == "running";
+  const std::string where =
+      on_source ? "the guest runs on the source" + resumed
+                : "the guest runs NOWHERE: the source QEMU is " + source + resumed +
+                      "; resume it by hand (QMP cont)";
+  spdlog::error("{}: {}; {}; {}", what, why.ToString(), dest_note, where);
+  if (!a.json.empty()) {
+    std::ofstream(a.json) << json{{"outcome", "failed"},
+                                  {"error", what + ": " + why.ToString()},
+                                  {"guest_runs", on_source ? "source" : "none"},
+                                  {"destination", dest_note}}
+                                 .dump(2)
+                          << "\n";
+  }
+  return on_source ? 1 : kExitGuestRunsNowhere;
+}
+
+// What must hold before the destination runs, beyond both QEMUs saying `completed`: the engine
+// carried the whole stream (every lane's counts agreed before QEMU's end of stream went out) and
+// the destination QEMU read all of it.
+Status CheckSwitchover(const Result<endpoint::SourceStreamReport>& engine) {
+  if (!engine.ok()) return engine.status().Annotate("rdmig's engine");
+  if (!engine->qemu_all_read) {
+    return Error(Code::kAborted, "the destination endpoint could not show that its QEMU read its "
+                                 "whole stream (" + engine->delivery_note +
+                                     "); give `rdmig receive --to-qemu` a unix: socket");
+  }
+  RDMIG_ASSIGN_OR_RETURN(std::optional<FaultSpec> fault, TestFault("fail-before-cont"));
+  if (fault) return Error(Code::kAborted, "RDMIG_FAULT fail-before-cont");
+  return Status::Ok();
+}
 
 int RunMigrate(const MigrateArgs& a) {
   if (!a.domain.empty()) return RunLibvirtMigrate(a);
@@ -315,13 +399,20 @@ int RunMigrate(const MigrateArgs& a) {
     }
   } cleanup{dir};
 
+  if (rdmig) {
+    if (Status held = HoldDestination(*dst); !held.ok()) {
+      return Fail(a, "destination QEMU (turning its autostart off)", held);
+    }
+  }
   const double t_migrate = WallNow();
   QmpSourceMonitor monitor(&*src);
   Follower follow(&monitor, t_migrate, rdmig ? &stream_stats : nullptr,
                   throttling ? &controller : nullptr, actuator.get());
   TimelineWriter timeline_writer{a.timeline, follow, lim.budget_ms};
   if (auto r = src->Execute("migrate", {{"uri", uri}}); !r.ok()) {
-    return Fail(a, "source migrate", r.status());
+    if (endpoint) endpoint->Cancel();
+    return rdmig ? FailOnSource(a, *src, &*dst, "source migrate", r.status())
+                 : Fail(a, "source migrate", r.status());
   }
   if (throttling) follow.StartDirtyRateHint();
 
@@ -349,20 +440,23 @@ int RunMigrate(const MigrateArgs& a) {
   if (tty) std::fprintf(stderr, "\n");
   std::optional<endpoint::SourceStreamReport> stream;
   std::string endpoint_error;
+  const Result<endpoint::SourceStreamReport> no_engine(Error(Code::kInternal, "no engine"));
+  const Result<endpoint::SourceStreamReport>& engine = endpoint ? endpoint->Join() : no_engine;
   if (endpoint) {
-    const auto& r = endpoint->Join();
-    if (r.ok()) {
-      stream = *r;
+    if (engine.ok()) {
+      stream = *engine;
     } else {
-      endpoint_error = r.status().ToString();
+      endpoint_error = engine.status().ToString();
     }
   }
+  // Every failure from here on, through rdmig: the destination is quit, the source runs.
+  auto fail = [&](const std::string& what, const Status& why) {
+    return rdmig ? FailOnSource(a, *src, &*dst, what, why) : Fail(a, what, why);
+  };
   if (!cancel_reason.empty() && status != "completed") {
     follow.ReleaseThrottle();
-    return Fail(
-        a, "migration",
-        Error(g_cancel_signal ? Code::kAborted : Code::kTimeout,
-              cancel_reason + " (source QEMU: " + status + "); the source guest keeps running"));
+    return fail("migration", Error(g_cancel_signal ? Code::kAborted : Code::kTimeout,
+                                   cancel_reason + " (source QEMU: " + status + ")"));
   }
   if (status != "completed") {
     std::string why = "the source QEMU reports " + status;
@@ -373,7 +467,7 @@ int RunMigrate(const MigrateArgs& a) {
     if (auto d = dst->Execute("query-status", nullptr, std::chrono::seconds(2)); !d.ok()) {
       why += "; the destination QEMU is gone (" + d.status().message() + ")";
     }
-    return Fail(a, "migration", Error(Code::kAborted, why + "; the source guest keeps running"));
+    return fail("migration", Error(Code::kAborted, why));
   }
 
   // The destination: its load ends, then (unless it was started with -S) it resumes.
@@ -383,13 +477,25 @@ int RunMigrate(const MigrateArgs& a) {
     dst_done = dst->WaitEvent("MIGRATION", std::chrono::seconds(30));
   }
   if (!dst_done.ok() || dst_done->data.value("status", "") != "completed") {
-    return Fail(
-        a, "destination",
-        dst_done.ok() ? Error(Code::kAborted, "incoming migration failed") : dst_done.status());
+    return fail("destination", dst_done.ok() ? Error(Code::kAborted, "incoming migration failed")
+                                             : dst_done.status());
+  }
+  // Both QEMUs completed. The destination runs only if the switchover is verified.
+  if (rdmig) {
+    if (Status checked = CheckSwitchover(engine); !checked.ok()) {
+      return fail("switchover not verified, the destination was not resumed", checked);
+    }
   }
   std::optional<double> resume;
-  auto dst_status = dst->Execute("query-status");
-  bool dest_paused = dst_status.ok() && dst_status->value("status", "") != "running";
+  double cont_sent = 0;
+  if (rdmig && !a.paused) {
+    cont_sent = WallNow();
+    if (auto c = dst->Execute("cont"); !c.ok()) return fail("destination cont", c.status());
+  }
+  const bool dest_paused = rdmig ? a.paused : [&] {
+    auto st = dst->Execute("query-status");
+    return st.ok() && st->value("status", "") != "running";
+  }();
   if (auto ev = dst->WaitEvent("RESUME", std::chrono::milliseconds(dest_paused ? 0 : 10000));
       ev.ok()) {
     resume = ev->timestamp;
@@ -407,6 +513,19 @@ int RunMigrate(const MigrateArgs& a) {
   end.actuator = actuator ? actuator->name() : (a.auto_converge ? "qemu-auto-converge" : "none");
   end.actuator_note = actuator_note;
   end.downtime_limit_ms = downtime_limit_ms;
+  if (rdmig) {
+    end.extra["switchover_checks"] = {{"source_completed", true},
+                                      {"destination_completed", true},
+                                      {"lanes_landed", true},
+                                      {"destination_read_all", stream->qemu_all_read}};
+    end.extra["guest_runs"] = a.paused ? "destination (paused)" : "destination";
+    end.extra["landed_check_ms"] = stream->landed_check_ms;
+    // What holding the destination until the checks passed cost the blackout: from its load's end
+    // (where QEMU would have resumed by itself) to its resume.
+    if (resume) end.extra["switchover_check_ms"] = (*resume - dst_done->timestamp) * 1000;
+    if (cont_sent > 0) end.extra["cont_after_load_ms"] = (cont_sent - dst_done->timestamp) * 1000;
+    if (a.paused) end.paused_why = "--paused: the destination stays paused (resume it with cont)";
+  }
   return ReportCompleted(a, follow, t_migrate, end, lim.budget_ms, lim.fixed_ms, lim.bandwidth);
 }
 
@@ -433,9 +552,9 @@ std::function<int()> AddMigrateCommand(CLI::App& app) {
                   "the source libvirtd connects to it)");
   cmd->add_option("--connect", a->connect, "libvirt: this host's libvirt URI")
       ->capture_default_str();
-  cmd->add_flag(
-      "--paused", a->paused,
-      "libvirt: leave the domain paused on the destination (resume it with virsh resume)");
+  cmd->add_flag("--paused", a->paused,
+                "leave the guest paused on the destination once the switchover is verified "
+                "(resume it with QMP cont, or virsh resume)");
   cmd->add_option("--socket-dir", a->socket_dir,
                   "libvirt: where QEMU's migration socket is made, the same path on both hosts")
       ->capture_default_str();

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "control/cli/follower.h"
+#include "control/qmp/qmp_client.h"
 #include "qemu-plugin/source_endpoint.h"
 
 namespace rdmig::cli {
@@ -93,6 +94,11 @@ class CancelOnSignals {
   struct sigaction old_term_ {};
 };
 int CancelSignal();
+
+// Turns the destination QEMU's autostart off (QMP `stop` while it waits for its incoming
+// migration), so that it never runs a guest rdmig has not verified; an error when it does not wait
+// for one.
+Status HoldDestination(qmp::QmpClient& dst);
 
 // The numbers both ways share: --blackout-budget, --fixed-cost, --max-bandwidth (bytes/s, 0: no
 // limit) and the key of --key-file. Logs the first bad one and returns nullopt (exit status 2).

@@ -8,9 +8,12 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "control/cli/commands.h"
+#include "control/cli/migrate_common.h"
+#include "control/qmp/qmp_client.h"
 #include "control/cli/size.h"
 #include "control/cli/transport_choice.h"
 #include "control/session/auth.h"
@@ -197,6 +200,29 @@ struct ReceiveArgs {
   double timeout_s = 600;
   std::string json;
   std::string key_file;
+  std::string dest_qmp;
+};
+
+// `rdmig receive --dest-qmp`: the destination QEMU never starts a guest by itself (its autostart is
+// turned off before any source is accepted) and is quit when the migration fails. Resuming it after
+// a verified switchover is the orchestrator's (`rdmig migrate`) or the operator's.
+class DestinationGuard {
+ public:
+  Status Hold(const std::string& qmp_path) {
+    if (qmp_path.empty()) return Status::Ok();
+    RDMIG_ASSIGN_OR_RETURN(qmp_, qmp::QmpClient::Connect(qmp_path, std::chrono::seconds(10)));
+    return HoldDestination(*qmp_);
+  }
+  void QuitOnFailure() {
+    if (!qmp_) return;
+    if (auto q = qmp_->Execute("quit", nullptr, std::chrono::seconds(2)); q.ok()) {
+      spdlog::error("the destination QEMU was quit: it must not run a guest whose migration failed");
+    }
+  }
+  bool holding() const { return qmp_.has_value(); }
+
+ private:
+  std::optional<qmp::QmpClient> qmp_;
 };
 
 int RunReceive(const ReceiveArgs& a) {
@@ -256,9 +282,15 @@ int RunReceive(const ReceiveArgs& a) {
     if (qemu.kind == QemuEndpoint::kUnix) return ConnectUnix(qemu.path, std::chrono::seconds(10));
     return ConnectTcp(qemu.tcp, std::chrono::seconds(10));
   };
+  DestinationGuard guard;
+  if (Status held = guard.Hold(a.dest_qmp); !held.ok()) {
+    spdlog::error("--dest-qmp: {}", held.ToString());
+    return 1;
+  }
   auto listener = session::DestinationListener::Listen(*addr);
   if (!listener.ok()) {
     spdlog::error("cannot listen: {}", listener.status().ToString());
+    guard.QuitOnFailure();
     return 1;
   }
   std::fprintf(stderr, "rdmig receive: listening on %s:%u (%s mode)\n", addr->host.c_str(),
@@ -269,6 +301,7 @@ int RunReceive(const ReceiveArgs& a) {
   if (!r.ok()) {
     spdlog::error("migration failed, destination QEMU's stream cut short: {}",
                   r.status().ToString());
+    guard.QuitOnFailure();
     WriteJson(a.json, {{"outcome", "failed"}, {"error", r.status().ToString()}});
     return 1;
   }
@@ -280,7 +313,17 @@ int RunReceive(const ReceiveArgs& a) {
   }
   std::fprintf(out, "  layout   %s\n", r->layout.c_str());
   if (!r->passthrough.empty()) std::fprintf(out, "  pass-through: %s\n", r->passthrough.c_str());
+  std::fprintf(out, "  end      %s\n",
+               r->qemu_all_read ? "the destination QEMU read its whole stream"
+                                : ("not shown that QEMU read its whole stream: " + r->delivery_note)
+                                      .c_str());
+  if (guard.holding()) {
+    std::fprintf(out, "  the destination QEMU stays paused until the switchover is verified "
+                      "(rdmig migrate, or QMP cont)\n");
+  }
   WriteJson(a.json, {{"outcome", "completed"},
+                     {"qemu_all_read", r->qemu_all_read},
+                     {"delivery_note", r->delivery_note},
                      {"transport", r->transport},
                      {"mode", r->mode},
                      {"layout", r->layout},
@@ -367,6 +410,10 @@ std::function<int()> AddReceiveCommand(CLI::App& app) {
   cmd->add_option("--key-file", a->key_file,
                   "accept only a source that proves it holds the shared secret in FILE (mode "
                   "0600; `rdmig keygen FILE`)");
+  cmd->add_option("--dest-qmp", a->dest_qmp,
+                  "the destination QEMU's QMP socket: its autostart is turned off before any "
+                  "source is accepted and it is quit if the migration fails (without it, start "
+                  "the destination QEMU with -S)");
   cmd->add_option("--json", a->json, "also write the report as JSON to FILE");
   return [a] { return RunReceive(*a); };
 }

@@ -51,13 +51,13 @@ def main():
         for n in range(1, runs + 1):
             mode = "direct" if n % 2 else "staged"
             dst = t.Guest(guest_dir, f"g{n}", wss_mib=64, rate_mib=10, incoming="defer",
-                          paused=True, workdir=work)
+                          workdir=work)
             guests.append(dst)
             sock = f"{work}/in{n}.sock"
             args = [rdmig, "migrate", "--source-qmp", src.qmp2_path, "--dest-qmp", dst.qmp2_path,
                     "--to", f"127.0.0.1:{port}", "--key-file", f"{work}/key",
                     "--dest-incoming", f"unix:{sock}", "--dest-socket", sock, "--transport", "tcp",
-                    "--json", f"{work}/m{n}.json"]
+                    "--json", f"{work}/m{n}.json", "--paused"]
             if mode == "direct":
                 args += ["--dest-ram-file", f"mem0={dst.ram_path}"]
             m = subprocess.run(args, capture_output=True, text=True, timeout=300)

@@ -3,7 +3,8 @@
 one way per row, mid-pass, and for every row:
   - `rdmig migrate` (or the endpoint that was driven) fails with an error naming what happened;
   - the source guest keeps running (QMP `running`) and its self-check passes;
-  - no destination QEMU resumes the guest (it exits, or waits without ever emitting RESUME);
+  - the destination QEMU, started without -S as docs/usage.md says, never runs the guest (no
+    RESUME, ever) and is gone (it exited, or rdmig quit it): one running guest, the source;
   - no rdmig process of the row is left (so the destination's registered memory is released);
   - a throttled guest gets its vCPU back (no rdmig cgroup left);
   - a retry of the same migration (same source, fresh destination) succeeds with the destination's
@@ -16,6 +17,12 @@ SIGSTOPped longer than --progress-timeout), sigint (`rdmig migrate` interrupted)
 (`migrate_cancel` on the source QEMU), malformed-stream (the source QEMU's stream cut short on its
 way into `rdmig send`); and second-source: while a migration runs, a second connection to
 `rdmig receive` is refused and the first completes with memory verified.
+Rows that make the destination QEMU believe it is done (test-only RDMIG_FAULT hooks):
+early-eof (the stream cut right after a well-formed QEMU_VM_EOF byte between two sections: QEMU
+7.2 ends its load there and reports completed), lane-drop (a page lost on lane 1: the lanes'
+counts disagree when the source completed, before QEMU's end of stream goes out), and
+fail-before-cont (both QEMUs completed, then the switchover fails before `cont`: the source,
+left in postmigrate, is resumed by rdmig).
 
     fault_matrix.py RDMIG GUEST_DIR [ROW ...]"""
 import glob
@@ -73,20 +80,25 @@ class Row:
         self.src.console.expect("HB t=", 10)
 
     def start_destination(self, name="dst"):
-        self.dst = t.Guest(self.guest_dir, name, incoming="defer", paused=True, workdir=self.work)
+        # As docs/usage.md tells users: no -S; rdmig migrate turns the autostart off.
+        self.dst = t.Guest(self.guest_dir, name, incoming="defer", workdir=self.work)
         t.enable_migration_events(self.dst.qmp)
         self.recv = t.start_receive(self.rdmig, self.work, f"unix:{self.work}/{name}-in.sock",
                                     "direct", self.dst.ram_path)
 
-    def start_migrate(self, *extra):
+    def start_migrate(self, *extra, fault=None):
+        """`rdmig migrate` (--paused: a migration that completes is compared before it runs).
+        With `fault` (an RDMIG_FAULT value) the fault comes from within: no waiting here."""
         self.start_destination()
+        env = dict(os.environ, RDMIG_FAULT=fault) if fault else None
         self.migrate = subprocess.Popen(
             [self.rdmig, "migrate", "--source-qmp", self.src.qmp2_path, "--dest-qmp",
              self.dst.qmp2_path, "--to", f"127.0.0.1:{self.recv.port}", "--dest-incoming",
              f"unix:{self.work}/dst-in.sock", "--max-bandwidth", LINK, "--json",
-             f"{self.work}/m.json", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        t.wait_until("migration under way", lambda: transferred(self.src) > (8 << 20), 60)
+             f"{self.work}/m.json", "--paused", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        if not fault:
+            t.wait_until("migration under way", lambda: transferred(self.src) > (8 << 20), 60)
 
     def migrate_result(self, timeout=90):
         out, err = self.migrate.communicate(timeout=timeout)
@@ -109,7 +121,12 @@ class Row:
                 print(f"{name}: {what} is still running")
                 ok = False
         ok &= self.src.runs_and_verifies(name)
-        ok &= self.dst.never_resumed(name)
+        ok &= self.dst.gone_never_ran(name)
+        report = json.load(open(f"{self.work}/m.json")) if os.path.exists(f"{self.work}/m.json") \
+            else {}
+        if report.get("outcome") == "failed" and report.get("guest_runs") != "source":
+            print(f"{name}: the report says the guest runs on {report.get('guest_runs')}")
+            ok = False
         left = throttle_groups()
         if left:
             print(f"{name}: throttle cgroups left behind: {left}")
@@ -125,7 +142,7 @@ class Row:
         m = subprocess.run(
             [self.rdmig, "migrate", "--source-qmp", self.src.qmp2_path, "--dest-qmp",
              self.dst.qmp2_path, "--to", f"127.0.0.1:{self.recv.port}", "--dest-incoming",
-             f"unix:{self.work}/dst2-in.sock", "--json", f"{self.work}/retry.json"],
+             f"unix:{self.work}/dst2-in.sock", "--json", f"{self.work}/retry.json", "--paused"],
             capture_output=True, text=True, timeout=300)
         if m.returncode != 0:
             print(f"{name}: retry failed: {m.stderr[-500:]}")
@@ -156,12 +173,12 @@ class Row:
 
 
 def fault_row(rdmig, guest_dir, name, inject, expect, migrate_args=(), wss=64, rate=20,
-              want_rc=1):
+              want_rc=1, fault=None):
     work = tempfile.mkdtemp(prefix=f"rdmig-fault-{name}-")
     row = None
     try:
         row = Row(rdmig, guest_dir, work, wss, rate)
-        row.start_migrate(*migrate_args)
+        row.start_migrate(*migrate_args, fault=fault)
         inject(row)
         rc, err = row.migrate_result()
         ok = rc == want_rc
@@ -197,6 +214,10 @@ def cut_lane(row):
         raise RuntimeError("no lane connections of rdmig migrate found")
     with Reject("--sport", str(lanes[0])):
         row.migrate.wait(timeout=90)
+
+
+def no_injection(row):
+    """The row's fault comes from within rdmig migrate (RDMIG_FAULT)."""
 
 
 def kill_receive(row):
@@ -302,6 +323,12 @@ ROWS = {
     "sigint": lambda r, g: fault_row(r, g, "sigint", sigint, "cancelled on SIGINT"),
     "qmp-cancel": lambda r, g: fault_row(r, g, "qmp-cancel", qmp_cancel, "cancelled"),
     "malformed-stream": malformed_stream_row,
+    "early-eof": lambda r, g: fault_row(r, g, "early-eof", no_injection, "early-eof",
+                                        fault="early-eof:16000000"),
+    "lane-drop": lambda r, g: fault_row(r, g, "lane-drop", no_injection, "lane 1 landed",
+                                        fault="tcp-drop-page:1:3000"),
+    "fail-before-cont": lambda r, g: fault_row(r, g, "fail-before-cont", no_injection,
+                                               "fail-before-cont", fault="fail-before-cont"),
     "second-source": second_source_row,
 }
 

@@ -232,7 +232,7 @@ class Matrix:
             print(f"{name}: rxe0's resources not released: {resources} (before: {self.baseline})")
             ok = False
         ok &= self.src.runs_and_verifies(name)
-        ok &= self.dst.never_resumed(name)
+        ok &= self.dst.gone_never_ran(name)
         self.dst.close()
         ok &= self.retry(name)
         return ok

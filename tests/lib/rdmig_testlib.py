@@ -73,6 +73,25 @@ class Qmp:
             finally:
                 self.sock.settimeout(None)
 
+    def drain(self, timeout=2):
+        """Every event QEMU sent that was not taken yet, reading until QEMU closed the monitor (it
+        exited) or `timeout` passed without a line."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                line = self.file.readline()
+                if not line:
+                    break
+                self.events.append(json.loads(line))
+        except (socket.timeout, OSError, ValueError):
+            pass
+        finally:
+            try:
+                self.sock.settimeout(None)
+            except OSError:
+                pass
+        return [e for e in self.events if "event" in e]
+
     def close(self):
         try:
             self.sock.close()
@@ -182,24 +201,30 @@ class Guest:
         print(f"{name}: source {status}, {verdict}")
         return status == "running" and verdict.startswith("VERIFY OK")
 
-    def never_resumed(self, name):
-        """For a destination after a failed migration: True if it emitted no RESUME and is not
-        running (it exited, or waits without running the guest); says what it saw."""
-        resumed = False
+    def gone_never_ran(self, name, timeout=30):
+        """For a destination after a failed migration: True only if its QEMU is gone (it exited,
+        or rdmig quit it) within `timeout` s and never ran the guest: no RESUME event in anything
+        its monitor said. Says what it saw, including how far its incoming migration got."""
         try:
-            self.qmp.wait_event("RESUME", 0.5)
-            resumed = True
-        except Exception:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
             pass
-        if self.alive():
+        gone = self.proc.poll() is not None
+        events = self.qmp.drain()
+        resumed = any(e["event"] == "RESUME" for e in events)
+        incoming = [e["data"]["status"] for e in events if e["event"] == "MIGRATION"]
+        if gone:
+            state = f"exited ({self.proc.returncode})"
+        else:  # the first monitor's reader timed out in drain(); ask on the second one
             try:
-                status = self.status()
-            except Exception:
-                status = "unreachable"
-        else:
-            status = f"exited ({self.proc.returncode})"
-        print(f"{name}: destination QEMU {status}, resumed: {resumed}")
-        return not resumed and status != "running"
+                other = Qmp(self.qmp2_path, time.monotonic() + 5)
+                state = f"still there ({other.execute('query-status')['status']})"
+                other.close()
+            except Exception as e:
+                state = f"still there (status unknown: {e})"
+        print(f"{name}: destination QEMU {state}; its incoming migration went "
+              f"{' > '.join(incoming) or '(no events)'}; resumed: {resumed}")
+        return gone and not resumed
 
     def close(self):
         if self.proc.poll() is None:
@@ -337,7 +362,8 @@ def migrate_guest(rdmig, guest_dir, kind, wss_mib, rate_mib, extra=(), compare=F
     recv = None
     try:
         with Guest(guest_dir, "src", wss_mib=wss_mib, rate_mib=rate_mib, workdir=work) as src, \
-             Guest(guest_dir, "dst", incoming="defer", paused=compare, workdir=work) as dst:
+             Guest(guest_dir, "dst", incoming="defer", paused=compare and kind == "native",
+                   workdir=work) as dst:
             src.wait_ready()
             src.console.expect("HB t=", 10)
             args = [rdmig, "migrate", "--source-qmp", src.qmp2_path, "--dest-qmp", dst.qmp2_path,
@@ -349,6 +375,8 @@ def migrate_guest(rdmig, guest_dir, kind, wss_mib, rate_mib, extra=(), compare=F
             else:
                 recv = start_receive(rdmig, work, f"unix:{work}/in.sock", "direct", dst.ram_path)
                 args += ["--to", f"127.0.0.1:{recv.port}", "--dest-incoming", f"unix:{work}/in.sock"]
+                if compare:  # rdmig migrate turns the autostart off; it leaves it paused
+                    args += ["--paused"]
             m = subprocess.run(args, capture_output=True, text=True, timeout=timeout + 60)
             if m.returncode != 0:
                 raise RuntimeError(f"{kind} migration failed: {m.stderr[-2000:]}")
