@@ -11,6 +11,7 @@
 #include "qemu-plugin/stream/chunk.h"
 #include "qemu-plugin/stream/format.h"
 #include "qemu-plugin/stream/parser.h"
+#include "qemu-plugin/stream/return_path.h"
 #include "transfer/fault.h"
 #include "transfer/pacer.h"
 
@@ -155,11 +156,18 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
   sopts.transports = options.transports;
   sopts.key = options.key;
   sopts.target = options.target;
-  // The destination QEMU's answers go to the source QEMU on its own socket. A source QEMU that went
-  // away cannot take them: its migration has failed anyway.
-  sopts.on_return_path = [qemu_fd](std::string_view data, bool closed) {
+  // The destination QEMU's answers go to the source QEMU on its own socket, but its SHUT (and the
+  // close that follows it) only once the switchover is verified (stream/return_path.h). A source
+  // QEMU that went away cannot take them: its migration has failed anyway.
+  stream::ReturnPathGate gate;
+  bool rp_closed = false;
+  auto to_source = [qemu_fd](const std::string& data) {
     if (!data.empty()) (void)SendAll(qemu_fd, data.data(), data.size(), "source QEMU");
-    if (closed) ::shutdown(qemu_fd, SHUT_WR);
+  };
+  sopts.on_return_path = [&](std::string_view data, bool closed) {
+    to_source(gate.Feed(data));
+    rp_closed |= closed;
+    if (rp_closed && !gate.holding()) ::shutdown(qemu_fd, SHUT_WR);
   };
   RDMIG_ASSIGN_OR_RETURN(std::unique_ptr<session::SourceSession> s,
                          session::SourceSession::Connect(options.destination, layout, sopts));
@@ -283,6 +291,14 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
   report.qemu_bytes = delivered.qemu_bytes;
   report.qemu_all_read = delivered.all_read;
   report.delivery_note = delivered.note;
+  if (!delivered.all_read) {
+    return Error(Code::kAborted, "the destination could not show that its QEMU read its whole "
+                                 "stream (" + delivered.note +
+                                     "): give `rdmig receive --to-qemu` a unix: socket");
+  }
+  // Verified as far as the engine can: the destination QEMU's SHUT may now complete the source.
+  to_source(gate.Release());
+  if (rp_closed) ::shutdown(qemu_fd, SHUT_WR);
   report.passthrough = parser.passthrough_reason();
   // QEMU closes its stream once it is done (with a return path, once the destination QEMU said
   // so); nothing may follow its end of stream.

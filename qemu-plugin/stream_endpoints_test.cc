@@ -126,20 +126,25 @@ void ApplyRecords(const std::vector<std::byte>& s, std::vector<std::byte>* ram,
   }
 }
 
-TEST(StreamEndpoints, DirectModeLandsPagesAndZerosOnLanesAndKeepsThemOutOfTheStream) {
+// A destination guest's RAM file "mem0" of kRam stale bytes, mapped (and already unlinked).
+std::map<std::string, MappedFile> StaleRamFile() {
+  std::map<std::string, MappedFile> files;
   char path[] = "/tmp/rdmig-ram-XXXXXX";
   int fd = ::mkstemp(path);
-  ASSERT_GE(fd, 0);
+  EXPECT_GE(fd, 0);
   std::vector<std::byte> stale(kRam, kStale);
-  ASSERT_EQ(::write(fd, stale.data(), stale.size()), ssize_t(kRam));
+  EXPECT_EQ(::write(fd, stale.data(), stale.size()), ssize_t(kRam));
   ::close(fd);
-  std::map<std::string, MappedFile> files;
-  {
-    auto m = MappedFile::Open(path);
-    ASSERT_TRUE(m.ok()) << m.status().ToString();
-    files.emplace("mem0", std::move(m).value());
-  }
+  auto m = MappedFile::Open(path);
+  EXPECT_TRUE(m.ok()) << m.status().ToString();
+  if (m.ok()) files.emplace("mem0", std::move(m).value());
   ::unlink(path);
+  return files;
+}
+
+TEST(StreamEndpoints, DirectModeLandsPagesAndZerosOnLanesAndKeepsThemOutOfTheStream) {
+  std::map<std::string, MappedFile> files = StaleRamFile();
+  ASSERT_EQ(files.size(), 1u);
   DestinationStreamOptions d;
   d.mode = DestinationStreamOptions::Mode::kDirect;
   d.ram_files = &files;
@@ -301,15 +306,8 @@ TEST(StreamEndpoints, ADestinationQemuThatStopsReadingEarlyFailsTheMigration) {
 // (RDMIG_FAULT=tcp-hold-lane); the device state behind the ram section must still reach QEMU only
 // once mem0 holds its final contents.
 TEST(StreamEndpoints, NoChunkReachesQemuBeforeTheLanePagesBeforeItLanded) {
-  char path[] = "/tmp/rdmig-ram-XXXXXX";
-  int fd = ::mkstemp(path);
-  ASSERT_GE(fd, 0);
-  std::vector<std::byte> stale(kRam, kStale);
-  ASSERT_EQ(::write(fd, stale.data(), stale.size()), ssize_t(kRam));
-  ::close(fd);
-  std::map<std::string, MappedFile> files;
-  files.emplace("mem0", std::move(MappedFile::Open(path)).value());
-  ::unlink(path);
+  std::map<std::string, MappedFile> files = StaleRamFile();
+  ASSERT_EQ(files.size(), 1u);
   DestinationStreamOptions d;
   d.mode = DestinationStreamOptions::Mode::kDirect;
   d.ram_files = &files;
