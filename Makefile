@@ -13,7 +13,7 @@ FUZZ_SECONDS ?= 60
 UNIT_TARGETS = transfer_unit_test tcp_transport_test session_test qmp_test convergence_test cli_test \
                endpoint_test stream_test stream_endpoints_test libvirt_test rdmig
 
-.PHONY: all deps configure build test test-sanitize fuzz demo demo-pages bench bench-rdma bench-migration bench-convergence soak format clean
+.PHONY: all deps configure build test test-sanitize fuzz demo demo-pages bench bench-rdma bench-migration bench-verify bench-convergence soak format clean
 
 all: build
 
@@ -61,6 +61,9 @@ bench-rdma: build
 
 bench-migration: build
 	scripts/bench-migration $(BUILD)/control/cli/rdmig $(BUILD)/guest $(BUILD)/bench/migration.json $(RUNS)
+
+bench-verify: build
+	scripts/bench-verify $(BUILD)/control/cli/rdmig $(BUILD)/guest $(BUILD)/bench/verify.json $(RUNS)
 
 bench-convergence: build
 	scripts/bench-convergence $(BUILD)/control/cli/rdmig $(BUILD)/guest $(BUILD)/bench/convergence.json $(CONV_RUNS)

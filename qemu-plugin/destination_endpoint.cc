@@ -19,40 +19,6 @@ namespace rdmig::endpoint {
 
 namespace pb = session::pb;
 
-Result<MappedFile> MappedFile::Open(const std::string& path) {
-  Fd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
-  if (!fd.valid()) return Status::FromErrno("open RAM file " + path, errno, Code::kUnavailable);
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) return Status::FromErrno("stat " + path, errno);
-  if (st.st_size <= 0) return Error(Code::kInvalidArgument, "RAM file " + path + " is empty");
-  // Populated now, before any source connects: faulting the pages in while they land costs more.
-  void* p =
-      ::mmap(nullptr, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd.get(), 0);
-  if (p == MAP_FAILED) return Status::FromErrno("mmap " + path, errno);
-  MappedFile m;
-  m.data_ = static_cast<std::byte*>(p);
-  m.size_ = static_cast<uint64_t>(st.st_size);
-  m.path_ = path;
-  return m;
-}
-
-MappedFile::MappedFile(MappedFile&& o) noexcept
-    : data_(std::exchange(o.data_, nullptr)), size_(o.size_), path_(std::move(o.path_)) {}
-
-MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
-  if (this != &o) {
-    if (data_ != nullptr) ::munmap(data_, size_);
-    data_ = std::exchange(o.data_, nullptr);
-    size_ = o.size_;
-    path_ = std::move(o.path_);
-  }
-  return *this;
-}
-
-MappedFile::~MappedFile() {
-  if (data_ != nullptr) ::munmap(data_, size_);
-}
-
 namespace {
 
 // Private staging memory for one block.

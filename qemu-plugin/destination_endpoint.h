@@ -25,28 +25,10 @@
 #include <string>
 
 #include "control/session/session.h"
+#include "qemu-plugin/mapped_file.h"
 #include "transfer/net/socket.h"
 
 namespace rdmig::endpoint {
-
-// A file mapped shared, read-write (a guest RAM file); unmapped on destruction.
-class MappedFile {
- public:
-  static Result<MappedFile> Open(const std::string& path);
-  MappedFile() = default;
-  MappedFile(MappedFile&& o) noexcept;
-  MappedFile& operator=(MappedFile&& o) noexcept;
-  MappedFile(const MappedFile&) = delete;
-  ~MappedFile();
-  std::byte* data() const { return data_; }
-  uint64_t size() const { return size_; }
-  const std::string& path() const { return path_; }
-
- private:
-  std::byte* data_ = nullptr;
-  uint64_t size_ = 0;
-  std::string path_;
-};
 
 struct DestinationStreamOptions {
   enum class Mode { kDirect, kStaged } mode = Mode::kStaged;

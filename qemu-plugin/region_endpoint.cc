@@ -105,7 +105,7 @@ Result<SendReport> SendRegion(session::SourceSession& session, uint32_t region,
   }
   if (options.verify) {
     RDMIG_ASSIGN_OR_RETURN(std::vector<uint64_t> digests,
-                           session.FetchDigests(region, page, options.timeout));
+                           session.FetchDigests(region, page, total / page, options.timeout));
     const uint64_t region_pages = total / page;
     if (digests.size() != region_pages) {
       return Error(Code::kProtocol, "destination returned " + std::to_string(digests.size()) +

@@ -12,6 +12,7 @@
 #include "qemu-plugin/stream/format.h"
 #include "qemu-plugin/stream/parser.h"
 #include "qemu-plugin/stream/return_path.h"
+#include "qemu-plugin/verify.h"
 #include "transfer/fault.h"
 #include "transfer/pacer.h"
 
@@ -171,6 +172,24 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
   };
   RDMIG_ASSIGN_OR_RETURN(std::unique_ptr<session::SourceSession> s,
                          session::SourceSession::Connect(options.destination, layout, sopts));
+  // The destination QEMU loaded its whole stream once it says SHUT (held by the gate).
+  auto await_loaded = [&](std::chrono::milliseconds timeout) -> Status {
+    const auto deadline = Clock::now() + timeout;
+    while (!gate.holding()) {
+      if (rp_closed) {
+        return Error(Code::kAborted, "the destination QEMU closed its return path without "
+                                     "saying it loaded its stream (SHUT)");
+      }
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      if (left.count() <= 0) {
+        return Error(Code::kTimeout, "the destination QEMU did not say it loaded its stream (SHUT) "
+                                     "within " + std::to_string(timeout.count()) +
+                                     " ms (--verify needs QEMU's return-path capability)");
+      }
+      RDMIG_RETURN_IF_ERROR(s->Pump(left));
+    }
+    return Status::Ok();
+  };
   live = s.get();
   Transport& tx = s->transport();
   RDMIG_RETURN_IF_ERROR(tx.RegisterSource(buf));
@@ -291,12 +310,17 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
   report.qemu_bytes = delivered.qemu_bytes;
   report.qemu_all_read = delivered.all_read;
   report.delivery_note = delivered.note;
-  if (!delivered.all_read) {
-    return Error(Code::kAborted, "the destination could not show that its QEMU read its whole "
-                                 "stream (" + delivered.note +
-                                     "): give `rdmig receive --to-qemu` a unix: socket");
+  // A destination that writes to a TCP socket or a file cannot show its QEMU read everything: that
+  // is reported (qemu_all_read false, delivery_note), not failed; `rdmig migrate` resumes nothing
+  // without the proof, and a QEMU that closed early has failed the destination already.
+  if (options.verify_files != nullptr) {
+    RDMIG_RETURN_IF_ERROR(await_loaded(options.timeout));
+    RDMIG_ASSIGN_OR_RETURN(VerifyReport verified,
+                           VerifyLandedRam(*s, layout, *options.verify_files, options.timeout));
+    report.verified_pages = verified.pages;
+    report.verify_ms = verified.ms;
   }
-  // Verified as far as the engine can: the destination QEMU's SHUT may now complete the source.
+  // Delivered as far as the engine can tell: the destination QEMU's SHUT may now complete the source.
   to_source(gate.Release());
   if (rp_closed) ::shutdown(qemu_fd, SHUT_WR);
   report.passthrough = parser.passthrough_reason();

@@ -18,9 +18,11 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 
 #include "control/session/session.h"
+#include "qemu-plugin/mapped_file.h"
 
 namespace rdmig::endpoint {
 
@@ -47,6 +49,10 @@ struct SourceStreamOptions {
   SourceStreamStats* stats = nullptr;  // if set, kept current while the migration runs
   std::string key;  // the shared secret of the control channel (control/session/auth.h); or none
   session::Target target;  // when the destination is an `rdmig agent`: what it lands into
+  // `--verify` (verify.h): the source guest's RAM files by block name. When set, the destination
+  // QEMU's SHUT is awaited and held while every page it landed directly is compared with them; a
+  // difference fails the migration.
+  const std::map<std::string, MappedFile>* verify_files = nullptr;
 };
 
 struct SourceStreamReport {
@@ -68,6 +74,8 @@ struct SourceStreamReport {
   bool qemu_all_read = false;
   std::string delivery_note;
   double landed_check_ms = 0;  // QEMU's end read here to the destination's Delivered
+  uint64_t verified_pages = 0;  // --verify: pages compared (all equal, else an error)
+  double verify_ms = 0;         // --verify: what comparing them took
 };
 
 // Runs one migration: reads QEMU's stream from `qemu_fd` until QEMU closes it.

@@ -15,6 +15,7 @@
 #include "qemu-plugin/destination_endpoint.h"
 #include "qemu-plugin/source_endpoint.h"
 #include "qemu-plugin/stream/parser.h"
+#include "qemu-plugin/stream/return_path.h"
 #include "qemu-plugin/stream/stream_builder.h"
 
 namespace rdmig::endpoint {
@@ -57,15 +58,21 @@ struct FakeQemu {
                                  // early byte for its end of stream does
   // Called with the stream read so far, after each read.
   std::function<void(const std::vector<std::byte>&)> on_read;
+  // On a socket, as QEMU with its return path: says SHUT once it read QEMU's end of stream.
+  bool return_path = false;
 };
 
+bool EndsWithQemusEnd(const std::vector<std::byte>& s);
+
 Outcome Migrate(const std::vector<std::byte>& in, DestinationStreamOptions dopts,
-                const FakeQemu& fake = {}, bool expect_ok = true) {
+                const FakeQemu& fake = {}, bool expect_ok = true,
+                const SourceStreamOptions& source = {}) {
   Outcome o;
   auto listener = session::DestinationListener::Listen(HostPort{"127.0.0.1", 0});
   EXPECT_TRUE(listener.ok());
   int qemu_pipe[2];
-  EXPECT_EQ(::pipe(qemu_pipe), 0);
+  EXPECT_EQ(fake.return_path ? ::socketpair(AF_UNIX, SOCK_STREAM, 0, qemu_pipe) : ::pipe(qemu_pipe),
+            0);
   dopts.connect_qemu = [&]() -> Result<Fd> { return Fd(qemu_pipe[1]); };
   dopts.timeout = std::chrono::seconds(20);
   auto dest =
@@ -77,6 +84,10 @@ Outcome Migrate(const std::vector<std::byte>& in, DestinationStreamOptions dopts
                     (n = ::read(qemu_pipe[0], buf, std::min(sizeof(buf), fake.read_limit - got.size()))) > 0;) {
       got.insert(got.end(), buf, buf + n);
       if (fake.on_read) fake.on_read(got);
+      if (fake.return_path && EndsWithQemusEnd(got)) {
+        const uint8_t shut[] = {0, stream::kReturnPathShut, 0, 4, 0, 0, 0, 0};  // SHUT, status 0
+        EXPECT_EQ(::send(qemu_pipe[0], shut, sizeof(shut), MSG_NOSIGNAL), ssize_t(sizeof(shut)));
+      }
     }
     ::close(qemu_pipe[0]);
     return got;
@@ -87,7 +98,7 @@ Outcome Migrate(const std::vector<std::byte>& in, DestinationStreamOptions dopts
     EXPECT_TRUE(SendAll(qemu_src[0], in.data(), in.size(), "test QEMU").ok());
     ::close(qemu_src[0]);
   });
-  SourceStreamOptions sopts;
+  SourceStreamOptions sopts = source;
   sopts.destination = HostPort{"127.0.0.1", listener->port()};
   sopts.lanes = 2;
   sopts.buffer_bytes = 8192;  // several buffers, so pages and chunks interleave
@@ -126,20 +137,24 @@ void ApplyRecords(const std::vector<std::byte>& s, std::vector<std::byte>* ram,
   }
 }
 
-// A destination guest's RAM file "mem0" of kRam stale bytes, mapped (and already unlinked).
-std::map<std::string, MappedFile> StaleRamFile() {
+// A guest RAM file "mem0" holding `bytes`, mapped (and already unlinked).
+std::map<std::string, MappedFile> RamFile(const std::vector<std::byte>& bytes) {
   std::map<std::string, MappedFile> files;
   char path[] = "/tmp/rdmig-ram-XXXXXX";
   int fd = ::mkstemp(path);
   EXPECT_GE(fd, 0);
-  std::vector<std::byte> stale(kRam, kStale);
-  EXPECT_EQ(::write(fd, stale.data(), stale.size()), ssize_t(kRam));
+  EXPECT_EQ(::write(fd, bytes.data(), bytes.size()), ssize_t(bytes.size()));
   ::close(fd);
   auto m = MappedFile::Open(path);
   EXPECT_TRUE(m.ok()) << m.status().ToString();
   if (m.ok()) files.emplace("mem0", std::move(m).value());
   ::unlink(path);
   return files;
+}
+
+// A destination guest's RAM file "mem0" of kRam stale bytes.
+std::map<std::string, MappedFile> StaleRamFile() {
+  return RamFile(std::vector<std::byte>(kRam, kStale));
 }
 
 TEST(StreamEndpoints, DirectModeLandsPagesAndZerosOnLanesAndKeepsThemOutOfTheStream) {
@@ -338,6 +353,68 @@ TEST(StreamEndpoints, NoChunkReachesQemuBeforeTheLanePagesBeforeItLanded) {
   ::unsetenv("RDMIG_FAULT");
   EXPECT_GT(checked, 0) << "the device state never reached QEMU";
   EXPECT_EQ(early, 0) << "device state reached QEMU before mem0's pages landed";
+}
+
+}  // namespace
+}  // namespace rdmig::endpoint
+
+namespace rdmig::endpoint {
+namespace {
+
+// --verify: with the destination QEMU's SHUT in hand, every landed page of mem0 is compared with
+// the source guest's final RAM; equal RAM passes with the count, and the SHUT goes on.
+TEST(StreamEndpoints, VerifyComparesEveryLandedPageWithTheSourceGuestsRam) {
+  std::map<std::string, MappedFile> files = StaleRamFile();
+  std::map<std::string, MappedFile> source_ram = RamFile(ExpectedRam());
+  ASSERT_EQ(source_ram.size(), 1u);
+  DestinationStreamOptions d;
+  d.mode = DestinationStreamOptions::Mode::kDirect;
+  d.ram_files = &files;
+  SourceStreamOptions s;
+  s.verify_files = &source_ram;
+  FakeQemu qemu;
+  qemu.return_path = true;
+  Outcome o = Migrate(ThreePassStream(), d, qemu, /*expect_ok=*/true, s);
+  EXPECT_EQ(o.source.verified_pages, kRam / 4096);
+  EXPECT_TRUE(o.source.qemu_all_read) << o.source.delivery_note;
+}
+
+// A page changed after it landed (RDMIG_FAULT=corrupt-landed:BLOCK:PAGE) fails the migration with
+// the page's address; so does a source RAM file that is not the guest's final RAM.
+TEST(StreamEndpoints, VerifyFailsOnAPageCorruptedAfterItLandedAndNamesIt) {
+  std::map<std::string, MappedFile> source_ram = RamFile(ExpectedRam());
+  SourceStreamOptions s;
+  s.verify_files = &source_ram;
+  FakeQemu qemu;
+  qemu.return_path = true;
+  DestinationStreamOptions d;
+  d.mode = DestinationStreamOptions::Mode::kDirect;
+  {
+    std::map<std::string, MappedFile> files = StaleRamFile();
+    d.ram_files = &files;
+    ::setenv("RDMIG_FAULT", "corrupt-landed:0:13", 1);
+    Outcome o = Migrate(ThreePassStream(), d, qemu, /*expect_ok=*/false, s);
+    ::unsetenv("RDMIG_FAULT");
+    EXPECT_FALSE(o.source_status.ok());
+    EXPECT_NE(o.source_status.message().find("1 of 16 pages differ"), std::string::npos)
+        << o.source_status.ToString();
+    EXPECT_NE(o.source_status.message().find("mem0+0xd000"), std::string::npos)
+        << o.source_status.ToString();
+  }
+  {
+    std::map<std::string, MappedFile> files = StaleRamFile();
+    d.ram_files = &files;
+    std::vector<std::byte> other = ExpectedRam();
+    other[4096 * 2 + 7] = std::byte{1};
+    other[4096 * 5] = std::byte{2};
+    std::map<std::string, MappedFile> wrong = RamFile(other);
+    s.verify_files = &wrong;
+    Outcome o = Migrate(ThreePassStream(), d, qemu, /*expect_ok=*/false, s);
+    EXPECT_NE(o.source_status.message().find("2 of 16 pages differ"), std::string::npos)
+        << o.source_status.ToString();
+    EXPECT_NE(o.source_status.message().find("mem0+0x2000, mem0+0x5000"), std::string::npos)
+        << o.source_status.ToString();
+  }
 }
 
 }  // namespace

@@ -21,6 +21,26 @@ struct Fixture {
   RegionRegistry regions;
 };
 
+// `versions` versions of `pages` source pages (version v filled with pattern seed + v) and a
+// destination region 0 of `dst_bytes`.
+struct VersionedFixture : Fixture {
+  VersionedFixture(uint32_t versions, uint64_t pages, uint64_t seed, uint64_t dst_bytes)
+      : Fixture(versions * pages * kPage, dst_bytes), pages(pages) {
+    for (uint32_t v = 0; v < versions; ++v) {
+      FillPattern(version(v), pages * kPage, seed + v, 0);
+    }
+  }
+  std::byte* version(uint32_t v) { return src.data() + v * pages * kPage; }
+  // Registers the destination region, connects `lanes` lanes and registers the source memory.
+  Result<TransportPair> Connect(const ConformanceTarget& target, uint32_t lanes) {
+    if (Status s = regions.Add(0, "ram", dst.data(), dst.size()); !s.ok()) return s;
+    RDMIG_ASSIGN_OR_RETURN(TransportPair pair, target.connect(lanes, &regions));
+    RDMIG_RETURN_IF_ERROR(pair.source->RegisterSource(std::span(src.data(), src.size())));
+    return pair;
+  }
+  uint64_t pages;
+};
+
 // Posts pages [first, first + count) of region 0 in batches of `batch`, tagging from *tag.
 void PostRange(Transport& tx, const std::byte* src, uint64_t first, uint64_t count, uint32_t batch,
                uint64_t* tag) {
@@ -100,20 +120,13 @@ TEST_P(TransportConformance, ScatteredPagesLandInPlace) {
 TEST_P(TransportConformance, NewestCopyWinsAndWatermarksCoverEarlierPages) {
   constexpr uint64_t kPages = 512;
   constexpr uint32_t kVersions = 24;
-  AnonMemory versions(kVersions * kPage * kPages);
-  for (uint32_t v = 0; v < kVersions; ++v) {
-    FillPattern(versions.data() + v * kPage * kPages, kPage * kPages, 100 + v, 0);
-  }
-  AnonMemory dst(kPages * kPage);
-  RegionRegistry regions;
-  ASSERT_TRUE(regions.Add(0, "ram", dst.data(), dst.size()).ok());
-  Result<TransportPair> pair = GetParam().connect(4, &regions);
+  VersionedFixture f(kVersions, kPages, 100, kPages * kPage);
+  Result<TransportPair> pair = f.Connect(GetParam(), 4);
   ASSERT_TRUE(pair.ok()) << pair.status().ToString();
-  ASSERT_TRUE(pair->source->RegisterSource(std::span(versions.data(), versions.size())).ok());
   uint64_t tag = 0;
   std::vector<PageWrite> batch;
   for (uint32_t v = 0; v < kVersions; ++v) {
-    const std::byte* base = versions.data() + v * kPage * kPages;
+    const std::byte* base = f.version(v);
     // Alternate direction so neighbouring pages interleave across lanes.
     for (uint64_t i = 0; i < kPages; ++i) {
       uint64_t p = (v % 2 == 0) ? i : kPages - 1 - i;
@@ -125,9 +138,43 @@ TEST_P(TransportConformance, NewestCopyWinsAndWatermarksCoverEarlierPages) {
     }
     ASSERT_TRUE(pair->source->PostWatermark(v + 1).ok());
     ASSERT_TRUE(pair->destination->WaitWatermark(v + 1, seconds(30)).ok());
-    ASSERT_EQ(std::memcmp(dst.data(), base, kPages * kPage), 0) << "after version " << v;
+    ASSERT_EQ(std::memcmp(f.dst.data(), base, kPages * kPage), 0) << "after version " << v;
   }
   EXPECT_EQ(pair->destination->LandedWatermark(), kVersions);
+}
+
+// Lane affinity under load: every version of every page is posted back to back, with no wait in
+// between (on RDMA, up to the queue depth of writes of one page in flight together, some in one
+// batch), and one watermark at the end: each page holds its newest version.
+TEST_P(TransportConformance, CopiesOfAPageInFlightTogetherLeaveTheNewest) {
+  constexpr uint64_t kPages = 64;
+  constexpr uint32_t kVersions = 32;
+  constexpr uint32_t kLanes = 4;
+  // Page p sits in stripe p % kLanes: the pages spread over every lane.
+  auto offset = [](uint64_t p) { return (p % kLanes) * kLaneStripeBytes + (p / kLanes) * kPage; };
+  VersionedFixture f(kVersions, kPages, 300, kLanes * kLaneStripeBytes);
+  Result<TransportPair> pair = f.Connect(GetParam(), kLanes);
+  ASSERT_TRUE(pair.ok()) << pair.status().ToString();
+  uint64_t tag = 0;
+  std::vector<PageWrite> batch;
+  for (uint32_t v = 0; v < kVersions; ++v) {
+    const std::byte* base = f.version(v);
+    for (uint64_t i = 0; i < kPages; ++i) {
+      const uint64_t p = (i * 7 + v) % kPages;  // each version in another order
+      batch.push_back(PageWrite{base + p * kPage, offset(p), kPage, 0});
+      if (batch.size() == 24) {  // a batch holds two versions of some pages
+        ASSERT_TRUE(pair->source->Post(batch, ++tag).ok());
+        batch.clear();
+      }
+    }
+  }
+  if (!batch.empty()) ASSERT_TRUE(pair->source->Post(batch, ++tag).ok());
+  ASSERT_TRUE(pair->source->PostWatermark(1).ok());
+  ASSERT_TRUE(pair->destination->WaitWatermark(1, seconds(30)).ok());
+  const std::byte* newest = f.version(kVersions - 1);
+  for (uint64_t p = 0; p < kPages; ++p) {
+    ASSERT_EQ(std::memcmp(f.dst.data() + offset(p), newest + p * kPage, kPage), 0) << "page " << p;
+  }
 }
 
 // Zero fills land in order with the payload pages of the same lane: page, zero, page of the same

@@ -112,6 +112,57 @@ class LibvirtSourceMonitor : public SourceMonitor {
   json last_ = json::object();
 };
 
+// After a failed migration: where the domain runs, asked of both libvirts, in the report and the
+// exit status (1 on the source, kExitGuestRunsOnDestination, kExitGuestRunsNowhere,
+// kExitGuestRunsTwice).
+int FailWithWhereabouts(const MigrateArgs& a, const lv::Domain& source, const std::string& what,
+                        const Status& why) {
+  auto runs = [](const Result<std::string>& st) { return st.ok() && *st == "running"; };
+  const Result<std::string> here = source.State();
+  Result<std::string> there = Error(Code::kUnavailable, "not defined there");
+  if (auto dest = lv::Connection::Open(a.dest_uri); !dest.ok()) {
+    there = dest.status();
+  } else if (auto d = dest->Lookup(a.domain); d.ok()) {
+    there = d->State();
+  }
+  auto state = [](const Result<std::string>& st) { return st.ok() ? *st : st.status().message(); };
+  const bool on_source = runs(here), on_dest = runs(there);
+  const std::string source_uri = a.connect.empty() ? "this host" : a.connect;
+  std::string where;
+  int rc = 1;
+  if (on_source && on_dest) {
+    where = "the domain RUNS TWICE: on " + source_uri + " and on " + a.dest_uri;
+    rc = kExitGuestRunsTwice;
+  } else if (on_source) {
+    where = "the domain runs on " + source_uri + " (the source)";
+  } else if (on_dest) {
+    where = "the domain runs on " + a.dest_uri + " (the destination: libvirt completed it)";
+    rc = kExitGuestRunsOnDestination;
+  } else {
+    where = "the domain runs NOWHERE: " + state(here) + " on " + source_uri + ", " + state(there) +
+            " on " + a.dest_uri + "; resume it by hand (virsh resume)";
+    rc = kExitGuestRunsNowhere;
+  }
+  spdlog::error("{}: {}; {}", what, why.ToString(), where);
+  if (!a.json.empty()) {
+    std::ofstream(a.json) << json{{"outcome", "failed"},
+                                  {"error", what + ": " + why.ToString()},
+                                  {"guest_runs", on_source && on_dest ? "both"
+                                                 : on_source         ? "source"
+                                                 : on_dest           ? "destination"
+                                                                     : "none"},
+                                  {"domain_runs_on", on_source && on_dest ? source_uri + " and " + a.dest_uri
+                                                     : on_source          ? source_uri
+                                                     : on_dest            ? a.dest_uri
+                                                                          : ""},
+                                  {"source_state", state(here)},
+                                  {"destination_state", state(there)}}
+                                 .dump(2)
+                          << "\n";
+  }
+  return rc;
+}
+
 }  // namespace
 
 int RunLibvirtMigrate(const MigrateArgs& a) {
@@ -282,14 +333,14 @@ int RunLibvirtMigrate(const MigrateArgs& a) {
     if (!stream_result.ok() && stream_result.status().code() != Code::kInternal) {
       why += "; rdmig: " + stream_result.status().ToString();
     }
-    auto st = dom->State();
-    why += "; the source domain is " + (st.ok() ? *st : std::string("unknown"));
-    return Fail(a, "migration",
-                Error(Code::kAborted, cancel_reason.empty() ? why : cancel_reason + ": " + why));
+    return FailWithWhereabouts(
+        a, *dom, "migration",
+        Error(Code::kAborted, cancel_reason.empty() ? why : cancel_reason + ": " + why));
   }
   if (!stream_result.ok()) {
-    // libvirt says done but rdmig's engine failed: impossible unless the stream bypassed it.
-    return Fail(a, "rdmig", stream_result.status());
+    // libvirt completed, yet rdmig's engine failed after it let the destination's SHUT through.
+    return FailWithWhereabouts(a, *dom, "rdmig (after libvirt completed the migration)",
+                               stream_result.status());
   }
 
   Ending end;

@@ -22,6 +22,7 @@
 #include "control/convergence/actuator.h"
 #include "control/convergence/controller.h"
 #include "control/convergence/tracker.h"
+#include "control/qmp/guest_ram.h"
 #include "control/qmp/qmp_client.h"
 #include "control/session/auth.h"
 #include "qemu-plugin/source_endpoint.h"
@@ -208,6 +209,11 @@ int ReportCompleted(const MigrateArgs& a, const Follower& follow, double t_migra
   if (e.extra.contains("switchover_checks")) {
     std::printf("  switchover  verified before the destination ran: both QEMUs completed, every lane "
                 "landed what was sent, the destination QEMU read its whole stream");
+    if (e.extra.contains("verified_pages")) {
+      std::printf(", its %lld pages equal the source's (--verify, %.0f ms)",
+                  static_cast<long long>(e.extra["verified_pages"].get<int64_t>()),
+                  e.extra["verify_ms"].get<double>());
+    }
     if (e.extra.contains("switchover_check_ms")) {
       std::printf(" (%.0f ms of the blackout, load end to resume)",
                   e.extra["switchover_check_ms"].get<double>());
@@ -234,9 +240,6 @@ int ReportCompleted(const MigrateArgs& a, const Follower& follow, double t_migra
 }
 
 namespace {
-
-// Exit status of a failed migration after which rdmig could not get the guest running anywhere.
-constexpr int kExitGuestRunsNowhere = 3;
 
 // A failed switchover ends with exactly one running guest, the source: the destination QEMU is
 // quit (never resumed), and the source guest is resumed if QEMU left it paused (a migration that
@@ -291,6 +294,20 @@ Status CheckSwitchover(const Result<endpoint::SourceStreamReport>& engine) {
   }
   RDMIG_ASSIGN_OR_RETURN(std::optional<FaultSpec> fault, TestFault("fail-before-cont"));
   if (fault) return Error(Code::kAborted, "RDMIG_FAULT fail-before-cont");
+  return Status::Ok();
+}
+
+// The source guest's shared RAM files, mapped, by RAM block name (for --verify).
+Status OpenSourceRam(QmpClient& src, std::map<std::string, endpoint::MappedFile>* out) {
+  RDMIG_ASSIGN_OR_RETURN(auto files, qmp::SharedRamFiles(src));
+  if (files.empty()) {
+    return Error(Code::kInvalidArgument,
+                 "the source QEMU has no memory-backend-file with share=on: its RAM cannot be read");
+  }
+  for (const auto& [block, path] : files) {
+    RDMIG_ASSIGN_OR_RETURN(endpoint::MappedFile m, endpoint::MappedFile::Open(path));
+    out->emplace(block, std::move(m));
+  }
   return Status::Ok();
 }
 
@@ -367,6 +384,15 @@ int RunMigrate(const MigrateArgs& a) {
     return Fail(a, "source migrate-set-parameters", r.status());
   }
 
+  // --verify reads the source guest's final RAM from its shared RAM files (mapped now, outside
+  // the blackout); they outlive the endpoint that reads them.
+  std::map<std::string, endpoint::MappedFile> verify_files;
+  if (a.verify) {
+    if (!rdmig) return Fail(a, "--verify", Error(Code::kInvalidArgument, "not with --native"));
+    if (Status opened = OpenSourceRam(*src, &verify_files); !opened.ok()) {
+      return Fail(a, "--verify", opened);
+    }
+  }
   // The source endpoint listens on a private unix socket; QEMU migrates to it.
   std::unique_ptr<SourceEndpointThread> endpoint;
   endpoint::SourceStreamStats stream_stats;
@@ -383,6 +409,7 @@ int RunMigrate(const MigrateArgs& a) {
     auto made = SourceOptions(a, lim, *to, &stream_stats);
     if (!made.ok()) return Fail(a, "--transport", made.status());
     endpoint::SourceStreamOptions opts = std::move(made).value();
+    if (a.verify) opts.verify_files = &verify_files;
     if (!a.dest_socket.empty()) {
       opts.target.qemu_socket = a.dest_socket;
       opts.target.mode = a.dest_ram_files.empty() ? "staged" : "direct";
@@ -517,7 +544,12 @@ int RunMigrate(const MigrateArgs& a) {
     end.extra["switchover_checks"] = {{"source_completed", true},
                                       {"destination_completed", true},
                                       {"lanes_landed", true},
-                                      {"destination_read_all", stream->qemu_all_read}};
+                                      {"destination_read_all", stream->qemu_all_read},
+                                      {"ram_verified", a.verify}};
+    if (a.verify) {
+      end.extra["verified_pages"] = stream->verified_pages;
+      end.extra["verify_ms"] = stream->verify_ms;
+    }
     end.extra["guest_runs"] = a.paused ? "destination (paused)" : "destination";
     end.extra["landed_check_ms"] = stream->landed_check_ms;
     // What holding the destination until the checks passed cost the blackout: from its load's end
@@ -552,6 +584,10 @@ std::function<int()> AddMigrateCommand(CLI::App& app) {
                   "the source libvirtd connects to it)");
   cmd->add_option("--connect", a->connect, "libvirt: this host's libvirt URI")
       ->capture_default_str();
+  cmd->add_flag("--verify", a->verify,
+                "before the destination runs, compare every page it landed with the source "
+                "guest's RAM (a memory-backend-file with share=on; direct mode); a difference "
+                "fails the migration");
   cmd->add_flag("--paused", a->paused,
                 "leave the guest paused on the destination once the switchover is verified "
                 "(resume it with QMP cont, or virsh resume)");

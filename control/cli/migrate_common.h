@@ -45,6 +45,7 @@ struct MigrateArgs {
   std::string connect = "qemu:///system";
   std::string socket_dir = "/run/rdmig";
   bool paused = false;  // leave the destination domain paused
+  bool verify = false;  // compare every landed page with the source guest's RAM before cont
 };
 
 // The source endpoint on a thread: accepts QEMU on `listen_fd` and carries its stream.
@@ -118,6 +119,11 @@ Result<endpoint::SourceStreamOptions> SourceOptions(const MigrateArgs& a, const 
 
 // Logs `what: s`, writes {"outcome": "failed", "error": ...} to --json, returns exit status 1.
 int Fail(const MigrateArgs& a, const std::string& what, const Status& s);
+
+// Exit status of a failed migration, by where the guest runs afterwards (1: on the source).
+inline constexpr int kExitGuestRunsNowhere = 3;        // rdmig could get it running nowhere
+inline constexpr int kExitGuestRunsOnDestination = 4;  // libvirt completed it; rdmig failed after
+inline constexpr int kExitGuestRunsTwice = 5;          // both hosts run it: a defect, said loudly
 
 // A completed migration, however it was driven (QMP or libvirt): what the report is made of.
 struct Ending {

@@ -176,6 +176,12 @@ int RunSend(const SendArgs& a) {
               static_cast<unsigned long>(r->chunks));
   if (!r->passthrough.empty()) std::printf("  pass-through: %s\n", r->passthrough.c_str());
   if (!r->transport_note.empty()) std::printf("  transport: %s\n", r->transport_note.c_str());
+  std::printf("  end      %s\n",
+              r->qemu_all_read
+                  ? "the destination QEMU read its whole stream"
+                  : ("not shown that the destination QEMU read its whole stream: " +
+                     r->delivery_note)
+                        .c_str());
   WriteJson(a.json, {{"outcome", "completed"},
                      {"transport", r->transport},
                      {"transport_note", r->transport_note},
@@ -187,6 +193,8 @@ int RunSend(const SendArgs& a) {
                      {"lane_bytes", r->lane_bytes},
                      {"control_bytes", r->control_bytes},
                      {"passthrough", r->passthrough},
+                     {"qemu_all_read", r->qemu_all_read},
+                     {"delivery_note", r->delivery_note},
                      {"seconds", r->seconds}});
   return 0;
 }

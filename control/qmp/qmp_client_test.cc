@@ -18,6 +18,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <sstream>
 #include <string>
@@ -25,6 +26,7 @@
 #include <utility>
 #include <vector>
 
+#include "control/qmp/guest_ram.h"
 #include "transfer/net/socket.h"
 #include "transfer/status.h"
 
@@ -635,6 +637,14 @@ TEST(QmpClientWithQemu, QueryStatusContResumeAndQuit) {
                                    "-nic",
                                    "none",
                                    "-S",
+                                   "-object",
+                                   "memory-backend-file,id=mem0,size=128M,share=on,mem-path=" +
+                                       dir.path() + "/ram",
+                                   "-object",
+                                   "memory-backend-file,id=private,size=4M,mem-path=" +
+                                       dir.path() + "/private",
+                                   "-machine",
+                                   "q35,memory-backend=mem0",
                                    "-qmp",
                                    "unix:" + sock + ",server=on,wait=off"};
   std::vector<char*> argv;
@@ -661,6 +671,11 @@ TEST(QmpClientWithQemu, QueryStatusContResumeAndQuit) {
   const std::string state = status->value("status", "");
   EXPECT_TRUE(state == "prelaunch" || state == "paused") << status->dump();
   EXPECT_EQ(status->value("running", true), false) << status->dump();
+
+  // Only the shared file holds what the guest writes.
+  auto files = SharedRamFiles(*client);
+  ASSERT_TRUE(files.ok()) << files.status().ToString();
+  EXPECT_EQ(*files, (std::map<std::string, std::string>{{"mem0", dir.path() + "/ram"}}));
 
   auto bad = client->Execute("no-such-command");
   ASSERT_FALSE(bad.ok());

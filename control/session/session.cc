@@ -4,10 +4,12 @@
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <xxhash.h>
 
+#include <optional>
 #include <random>
 
 #include "control/proto/session.pb.h"
 #include "control/session/auth.h"
+#include "transfer/fault.h"
 #include "transfer/rdma/rdma_transport.h"
 #include "transfer/tcp/tcp_lanes.h"
 #include "transfer/tcp/tcp_transport.h"
@@ -258,18 +260,35 @@ Status DestinationSession::SendReturnPath(std::string_view data, bool closed) {
 }
 
 Result<std::vector<uint64_t>> SourceSession::FetchDigests(uint32_t region, uint32_t page_size,
+                                                          uint64_t pages,
                                                           std::chrono::milliseconds timeout) {
-  pb::SourceMessage msg;
-  msg.mutable_digest_request()->set_region(region);
-  msg.mutable_digest_request()->set_page_size(page_size);
-  RDMIG_RETURN_IF_ERROR(control_.Send(msg));
-  pb::DestinationMessage reply;
-  RDMIG_RETURN_IF_ERROR(ReceiveReply(&reply, timeout).Annotate("waiting for digests"));
-  if (!reply.has_digests()) return Error(Code::kProtocol, "expected Digests from the destination");
-  if (!reply.digests().error().empty()) {
-    return Error(Code::kInvalidArgument, "digests: " + reply.digests().error());
+  std::vector<uint64_t> digests;
+  digests.reserve(pages);
+  while (digests.size() < pages) {
+    const uint64_t count = std::min<uint64_t>(kDigestWindowPages, pages - digests.size());
+    pb::SourceMessage msg;
+    pb::DigestRequest* req = msg.mutable_digest_request();
+    req->set_region(region);
+    req->set_page_size(page_size);
+    req->set_first_page(digests.size());
+    req->set_count(count);
+    RDMIG_RETURN_IF_ERROR(control_.Send(msg));
+    pb::DestinationMessage reply;
+    RDMIG_RETURN_IF_ERROR(ReceiveReply(&reply, timeout).Annotate("waiting for digests"));
+    if (!reply.has_digests()) {
+      return Error(Code::kProtocol, "expected Digests from the destination");
+    }
+    if (!reply.digests().error().empty()) {
+      return Error(Code::kInvalidArgument, "digests: " + reply.digests().error());
+    }
+    if (static_cast<uint64_t>(reply.digests().page().size()) != count) {
+      return Error(Code::kProtocol, "the destination sent " +
+                                        std::to_string(reply.digests().page().size()) +
+                                        " page digests for " + std::to_string(count) + " pages");
+    }
+    digests.insert(digests.end(), reply.digests().page().begin(), reply.digests().page().end());
   }
-  return std::vector<uint64_t>(reply.digests().page().begin(), reply.digests().page().end());
+  return digests;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -447,6 +466,39 @@ Status SourceSession::Explain(const Status& local, std::chrono::milliseconds wai
 
 namespace {
 
+// A digest request names a registered region, a page size dividing it, and a window inside it no
+// larger than one reply may hold (the peer chooses these numbers).
+Status CheckDigestRequest(const Region* r, const pb::DigestRequest& req) {
+  const uint64_t page = req.page_size();
+  if (r == nullptr || page == 0 || r->length % page != 0) {
+    return Error(Code::kInvalidArgument, "no region " + std::to_string(req.region()) +
+                                             " divisible into pages of " + std::to_string(page) +
+                                             " bytes");
+  }
+  const uint64_t pages = r->length / page;
+  const uint64_t first = req.first_page();
+  const uint64_t count = req.count() != 0 || first >= pages ? req.count() : pages - first;
+  if (first >= pages || count > pages - first || count > kMaxDigestPages) {
+    return Error(Code::kOutOfRange, "digests of pages [" + std::to_string(first) + ", +" +
+                                        std::to_string(count) + ") of region " +
+                                        std::to_string(req.region()) + " (" +
+                                        std::to_string(pages) + " pages; at most " +
+                                        std::to_string(kMaxDigestPages) + " per request)");
+  }
+  return Status::Ok();
+}
+
+// Test-only (RDMIG_FAULT=corrupt-landed:REGION:PAGE): one byte of a page flipped after the lanes
+// landed, for the tests of `rdmig migrate --verify`.
+void CorruptLandedForTest(const RegionRegistry& regions) {
+  Result<std::optional<FaultSpec>> f = TestFault("corrupt-landed");
+  if (!f.ok() || !f->has_value()) return;
+  const Region* r = regions.Find(static_cast<uint32_t>((*f)->a));
+  const uint64_t offset = (*f)->b * 4096;
+  if (r == nullptr || offset >= r->length) return;
+  r->base[offset] = static_cast<std::byte>(~std::to_integer<unsigned>(r->base[offset]));
+}
+
 // Every lane landed what the source says it sent on it, up to the final watermark. A receiver of
 // one-sided writes (RDMA) cannot count pages; there the watermark, which reaches it after the
 // lane's writes on the same queue pair, is what is compared.
@@ -536,6 +588,7 @@ Result<LandedReport> DestinationSession::Serve(std::chrono::milliseconds timeout
       reply.mutable_landed()->set_bytes(landed.bytes);
       RDMIG_RETURN_IF_ERROR(control_.Send(reply));
       if (!w.ok()) return w;
+      CorruptLandedForTest(*regions_);
       completed = true;
     } else if (msg.has_digest_request()) {
       pb::DestinationMessage reply;
@@ -544,13 +597,15 @@ Result<LandedReport> DestinationSession::Serve(std::chrono::milliseconds timeout
       const uint32_t page = msg.digest_request().page_size();
       out->set_region(id);
       const Region* r = regions_->Find(id);
-      if (r == nullptr || page == 0 || r->length % page != 0) {
-        out->set_error("no region " + std::to_string(id) + " divisible into pages of " +
-                       std::to_string(page) + " bytes");
+      const pb::DigestRequest& req = msg.digest_request();
+      if (Status ok = CheckDigestRequest(r, req); !ok.ok()) {
+        out->set_error(ok.message());
       } else {
-        out->mutable_page()->Reserve(static_cast<int>(r->length / page));
-        for (uint64_t off = 0; off < r->length; off += page) {
-          out->add_page(XXH3_64bits(r->base + off, page));
+        const uint64_t pages = r->length / page;
+        const uint64_t count = req.count() != 0 ? req.count() : pages - req.first_page();
+        out->mutable_page()->Reserve(static_cast<int>(count));
+        for (uint64_t p = req.first_page(); p < req.first_page() + count; ++p) {
+          out->add_page(XXH3_64bits(r->base + p * page, page));
         }
       }
       RDMIG_RETURN_IF_ERROR(control_.Send(reply));

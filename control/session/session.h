@@ -21,6 +21,12 @@
 namespace rdmig::session {
 
 inline constexpr uint32_t kProtocolVersion = 1;
+// Page digests per Digests reply: what a destination answers at most, and what a source asks for.
+inline constexpr uint64_t kMaxDigestPages = 1u << 20;
+inline constexpr uint64_t kDigestWindowPages = 1u << 18;
+static_assert(kDigestWindowPages <= kMaxDigestPages);
+static_assert(kMaxDigestPages * 9 + 64 < kMaxControlMessageBytes,
+              "a full Digests reply fits in one control message");
 // How long an RDMA connection may take before the session falls back to TCP.
 inline constexpr std::chrono::milliseconds kRdmaConnectTimeout{1500};
 
@@ -99,8 +105,9 @@ class SourceSession {
   Status Explain(const Status& local,
                  std::chrono::milliseconds wait = std::chrono::milliseconds(500));
 
-  // XXH3-64 of every page of `region` as the destination holds it.
-  Result<std::vector<uint64_t>> FetchDigests(uint32_t region, uint32_t page_size,
+  // XXH3-64 of every page of `region` (`pages` pages) as the destination holds it, fetched in
+  // windows of kDigestWindowPages.
+  Result<std::vector<uint64_t>> FetchDigests(uint32_t region, uint32_t page_size, uint64_t pages,
                                              std::chrono::milliseconds timeout);
 
   // Takes one message the destination sent unasked (within `timeout`): return-path bytes go to

@@ -56,12 +56,19 @@ TEST_F(SessionTest, HandshakeThenTransferThenDigests) {
   auto landed = (*s)->Complete(1, kBytes / 4096, kBytes, seconds(30));
   ASSERT_TRUE(landed.ok()) << landed.status().ToString();
   EXPECT_EQ(landed->pages, kBytes / 4096);
-  auto digests = (*s)->FetchDigests(0, 4096, seconds(30));
+  auto digests = (*s)->FetchDigests(0, 4096, kBytes / 4096, seconds(30));
   ASSERT_TRUE(digests.ok()) << digests.status().ToString();
   ASSERT_EQ(digests->size(), kBytes / 4096);
   for (uint64_t p = 0; p < digests->size(); ++p) {
     ASSERT_EQ((*digests)[p], XXH3_64bits(src.data() + p * 4096, 4096)) << "page " << p;
   }
+  // A window past the region's end is refused, with the numbers, and the session goes on.
+  auto beyond = (*s)->FetchDigests(0, 4096, kBytes / 4096 + 1, seconds(30));
+  ASSERT_FALSE(beyond.ok());
+  EXPECT_NE(beyond.status().message().find("pages; at most"), std::string::npos)
+      << beyond.status().ToString();
+  auto again = (*s)->FetchDigests(0, 8192, kBytes / 8192, seconds(30));
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
   s->reset();  // closes the control channel: the destination's Serve returns
   auto served = dest.get();
   ASSERT_TRUE(served.ok()) << served.status().ToString();

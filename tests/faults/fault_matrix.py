@@ -22,7 +22,9 @@ early-eof (the stream cut right after a well-formed QEMU_VM_EOF byte between two
 7.2 ends its load there and reports completed), lane-drop (a page lost on lane 1: the lanes'
 counts disagree when the source completed, before QEMU's end of stream goes out), and
 fail-before-cont (both QEMUs completed, then the switchover fails before `cont`: the source,
-left in postmigrate, is resumed by rdmig).
+left in postmigrate, is resumed by rdmig); and verify-corrupt (`rdmig migrate --verify` with one
+landed page changed after the lanes' check: the page is named, the switchover fails; its retry
+runs with --verify and every page compares equal).
 
     fault_matrix.py RDMIG GUEST_DIR [ROW ...]"""
 import glob
@@ -79,17 +81,18 @@ class Row:
         self.src.wait_ready()
         self.src.console.expect("HB t=", 10)
 
-    def start_destination(self, name="dst"):
+    def start_destination(self, name="dst", fault=None):
         # As docs/usage.md tells users: no -S; rdmig migrate turns the autostart off.
         self.dst = t.Guest(self.guest_dir, name, incoming="defer", workdir=self.work)
         t.enable_migration_events(self.dst.qmp)
         self.recv = t.start_receive(self.rdmig, self.work, f"unix:{self.work}/{name}-in.sock",
-                                    "direct", self.dst.ram_path)
+                                    "direct", self.dst.ram_path, fault=fault)
 
-    def start_migrate(self, *extra, fault=None):
+    def start_migrate(self, *extra, fault=None, receive_fault=None):
         """`rdmig migrate` (--paused: a migration that completes is compared before it runs).
-        With `fault` (an RDMIG_FAULT value) the fault comes from within: no waiting here."""
-        self.start_destination()
+        With `fault` (an RDMIG_FAULT value for `rdmig migrate`; `receive_fault` for
+        `rdmig receive`) the fault comes from within: no waiting here."""
+        self.start_destination(fault=receive_fault)
         env = dict(os.environ, RDMIG_FAULT=fault) if fault else None
         self.migrate = subprocess.Popen(
             [self.rdmig, "migrate", "--source-qmp", self.src.qmp2_path, "--dest-qmp",
@@ -97,7 +100,7 @@ class Row:
              f"unix:{self.work}/dst-in.sock", "--max-bandwidth", LINK, "--json",
              f"{self.work}/m.json", "--paused", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        if not fault:
+        if not fault and not receive_fault:
             t.wait_until("migration under way", lambda: transferred(self.src) > (8 << 20), 60)
 
     def migrate_result(self, timeout=90):
@@ -133,7 +136,7 @@ class Row:
             ok = False
         return ok
 
-    def retry(self, name):
+    def retry(self, name, *extra):
         """The same migration again, to a fresh destination; memory compared page by page."""
         if self.recv:
             self.recv.kill()
@@ -142,11 +145,18 @@ class Row:
         m = subprocess.run(
             [self.rdmig, "migrate", "--source-qmp", self.src.qmp2_path, "--dest-qmp",
              self.dst.qmp2_path, "--to", f"127.0.0.1:{self.recv.port}", "--dest-incoming",
-             f"unix:{self.work}/dst2-in.sock", "--json", f"{self.work}/retry.json", "--paused"],
+             f"unix:{self.work}/dst2-in.sock", "--json", f"{self.work}/retry.json", "--paused",
+             *extra],
             capture_output=True, text=True, timeout=300)
         if m.returncode != 0:
             print(f"{name}: retry failed: {m.stderr[-500:]}")
             return False
+        if "--verify" in extra:
+            report = json.load(open(f"{self.work}/retry.json"))
+            print(f"{name}: retry --verify: {report.get('verified_pages')} pages equal "
+                  f"({report.get('verify_ms', 0):.0f} ms)")
+            if report.get("verified_pages") != t.RAM_BYTES // 4096:
+                return False
         return self.landed_intact(name, "retry")
 
     def landed_intact(self, name, which):
@@ -173,19 +183,19 @@ class Row:
 
 
 def fault_row(rdmig, guest_dir, name, inject, expect, migrate_args=(), wss=64, rate=20,
-              want_rc=1, fault=None):
+              want_rc=1, fault=None, receive_fault=None):
     work = tempfile.mkdtemp(prefix=f"rdmig-fault-{name}-")
     row = None
     try:
         row = Row(rdmig, guest_dir, work, wss, rate)
-        row.start_migrate(*migrate_args, fault=fault)
+        row.start_migrate(*migrate_args, fault=fault, receive_fault=receive_fault)
         inject(row)
         rc, err = row.migrate_result()
         ok = rc == want_rc
         if rc != want_rc:
             print(f"{name}: rdmig migrate exited {rc}, want {want_rc}")
         ok &= row.check_after_fault(name, expect, err)
-        ok &= row.retry(name)
+        ok &= row.retry(name, *[a for a in migrate_args if a == "--verify"])
         return ok
     finally:
         if row:
@@ -329,6 +339,9 @@ ROWS = {
                                         fault="tcp-drop-page:1:3000"),
     "fail-before-cont": lambda r, g: fault_row(r, g, "fail-before-cont", no_injection,
                                                "fail-before-cont", fault="fail-before-cont"),
+    "verify-corrupt": lambda r, g: fault_row(r, g, "verify-corrupt", no_injection,
+                                             "1 of 131070 pages differ", ["--verify"],
+                                             receive_fault="corrupt-landed:0:1000"),
     "second-source": second_source_row,
 }
 

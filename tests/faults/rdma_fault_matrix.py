@@ -21,7 +21,10 @@ through RDMIG_FAULT, as a cut link leaves it: rxe's loopback bypasses the networ
 outside the process can cut one lane), kill-receive, kill-send (the two endpoints SIGKILLed),
 kill-dest-qemu, stall (`rdmig receive` SIGSTOPped longer than `rdmig send --progress-timeout 5`),
 sigint (`rdmig send` interrupted), qmp-cancel (`migrate_cancel` on the source QEMU),
-malformed-stream (the source QEMU's stream cut short on its way into `rdmig send`).
+malformed-stream (the source QEMU's stream cut short on its way into `rdmig send`), early-eof (the
+stream cut right after a well-formed QEMU_VM_EOF byte by `rdmig send`'s test-only hook: the
+destination QEMU takes it for its end; started with -S as docs/usage.md says for `rdmig receive` on
+its own, it never runs, and is quit once `rdmig receive` failed).
 
     rdma_fault_matrix.py RXE_GUEST_DIR RDMIG GUEST_DIR [ROW ...]"""
 import os
@@ -110,7 +113,7 @@ class RxeGuest:
             self.proc.wait()
 
 
-def start_endpoints(g, dest_port, fault_env=""):
+def start_endpoints(g, dest_port, fault_env="", send_env=""):
     """`rdmig receive` (staged, to the destination QEMU on the host) and `rdmig send` (taking the
     source QEMU's stream on the forwarded port) in the guest, both over RDMA."""
     rc, out = g.sh(f"""
@@ -125,7 +128,7 @@ for _ in $(seq 200); do
   sleep 0.05
 done
 [ -n "$port" ] || {{ cat /tmp/recv.log; false; }} || exit 1
-rdmig send --from tcp:0.0.0.0:{GUEST_FAULT_PORT} --to 10.0.2.15:$port --transport rdma \\
+{send_env} rdmig send --from tcp:0.0.0.0:{GUEST_FAULT_PORT} --to 10.0.2.15:$port --transport rdma \\
   --progress-timeout 5 --json /tmp/send.json </dev/null >/tmp/send.log 2>&1 &
 echo $! >/tmp/send.pid
 for _ in $(seq 200); do grep -q "waiting for QEMU" /tmp/send.log && break; sleep 0.05; done
@@ -196,9 +199,13 @@ class Matrix:
         self.sent = max(self.sent, info.get("ram", {}).get("transferred", 0))
         return self.sent
 
-    def run_row(self, name, inject, expect, fault_env="", uri=None):
-        """One row: a migration hurt by `inject`, the checks, then the retry."""
-        self.control_port = start_endpoints(self.g, self.new_destination(), fault_env)
+    def run_row(self, name, inject, expect, fault_env="", send_env="", uri=None,
+                quit_destination=False):
+        """One row: a migration hurt by `inject`, the checks, then the retry. quit_destination:
+        the row makes the destination QEMU believe its stream is whole, so it stays (paused, -S)
+        after its load; it is quit when `rdmig receive` fails, as docs/usage.md tells users of
+        `rdmig receive` on its own to do."""
+        self.control_port = start_endpoints(self.g, self.new_destination(), fault_env, send_env)
         status = None
         if uri:  # the malformed stream: QEMU's stream goes through a command that cuts it (a
             # command has no return path)
@@ -231,6 +238,10 @@ class Matrix:
         if resources != self.baseline:
             print(f"{name}: rxe0's resources not released: {resources} (before: {self.baseline})")
             ok = False
+        if quit_destination and "error" in logs.split("=== receive", 1)[-1] and self.dst.alive():
+            print(f"{name}: rdmig receive failed; the destination QEMU is "
+                  f"{self.dst.status()}: quit")
+            self.dst.qmp.execute("quit")
         ok &= self.src.runs_and_verifies(name)
         ok &= self.dst.gone_never_ran(name)
         self.dst.close()
@@ -326,6 +337,8 @@ ROWS = {
                        expect="cancelled or failed"),
     "malformed-stream": dict(inject=None, expect="ended inside a record",
                              uri="exec:head -c 20000037 | busybox nc 127.0.0.1 {fwd}"),
+    "early-eof": dict(inject=None, expect="RDMIG_FAULT early-eof",
+                      send_env="RDMIG_FAULT=early-eof:8000000", quit_destination=True),
 }
 
 

@@ -150,7 +150,7 @@ class Guest:
     """One QEMU process running the built-in guest (or waiting for an incoming migration)."""
 
     def __init__(self, guest_dir, name, wss_mib=64, rate_mib=0, incoming=None, paused=False,
-                 workdir=None, extra=(), append="", ram=RAM):
+                 workdir=None, extra=(), append="", ram=RAM, qemu="qemu-system-x86_64", machine="q35"):
         self.name = name
         self.own_workdir = workdir is None
         self.workdir = workdir or tempfile.mkdtemp(prefix=f"rdmig-{name}-")
@@ -159,9 +159,9 @@ class Guest:
         self.qmp2_path = f"{self.workdir}/{name}.qmp2"  # a second monitor, for rdmig migrate
         self.serial_path = f"{self.workdir}/{name}.serial"
         args = [
-            "qemu-system-x86_64", "-accel", "tcg", "-m", ram, "-smp", "1",
+            qemu, "-accel", "tcg", "-m", ram, "-smp", "1",
             "-object", f"memory-backend-file,id=mem0,size={ram},mem-path={self.ram_path},share=on",
-            "-machine", "q35,memory-backend=mem0",
+            "-machine", f"{machine},memory-backend=mem0",
             "-kernel", f"{guest_dir}/vmlinuz", "-initrd", f"{guest_dir}/initrd.gz",
             "-append", f"console=ttyS0 quiet panic=-1 rdmig.wss={wss_mib} rdmig.rate={rate_mib} {append}",
             "-display", "none", "-monitor", "none", "-no-reboot", "-nic", "none",
@@ -295,10 +295,10 @@ def compare_ram(path_a, path_b, page=4096):
 class Endpoint:
     """An rdmig endpoint process started by a test; killed by kill() whatever happened."""
 
-    def __init__(self, args, log_path):
+    def __init__(self, args, log_path, env=None):
         self.log_path = log_path
         self.log = open(log_path, "w")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.port = None
 
     def wait_line(self, marker, timeout):
@@ -328,12 +328,14 @@ class Endpoint:
         self.log.close()
 
 
-def start_receive(rdmig, work, to_qemu, mode, ram_path=None, extra=()):
+def start_receive(rdmig, work, to_qemu, mode, ram_path=None, extra=(), fault=None):
+    """`rdmig receive` on a free port; `fault`: its RDMIG_FAULT (a test-only hook)."""
     args = [rdmig, "receive", "--listen", "127.0.0.1:0", "--to-qemu", to_qemu, "--mode", mode,
             "--json", f"{work}/receive.json", *extra]
     if mode == "direct":
         args += ["--ram-file", f"mem0={ram_path}"]
-    e = Endpoint(args, f"{work}/receive.log")
+    e = Endpoint(args, f"{work}/receive.log",
+                 env=dict(os.environ, RDMIG_FAULT=fault) if fault else None)
     line = e.wait_line("listening on", 20)
     e.port = int(line.split("listening on ")[1].split()[0].rsplit(":", 1)[1])
     return e

@@ -16,7 +16,10 @@ UUIDs and cgroup trees) run a TCG domain booting the built-in guest with file-ba
    destination's page by page; resumed, the guest's own check passes.
 4. B -> A (driven from B) over a link held to 40 MiB/s: the guest dirties faster than that, so the
    controller throttles through libvirt's vCPU quota; the blackout is measured from libvirt's
-   events; the guest's check passes on A and A's vCPU quota is its own again (unlimited).
+   events; A's vCPU quota is its own again (unlimited).
+5. A -> B with the stream cut right after a well-formed QEMU_VM_EOF byte (RDMIG_FAULT=early-eof):
+   exit 1, the report names A as where the domain runs, nothing runs on B; then the guest's check
+   passes on A.
 
     libvirt_migrate_test.py RDMIG GUEST_DIR"""
 import json
@@ -53,11 +56,11 @@ def start_agent(host, rdmig, root, key):
     return proc, port, log
 
 
-def migrate(src, dst, rdmig, port, key, out, extra=()):
+def migrate(src, dst, rdmig, port, key, out, extra=(), env=None):
     """rdmig migrate --domain, run inside the source host's namespace."""
     return src.run([rdmig, "migrate", "--domain", NAME, "--connect", src.uri, "--dest-uri", dst.uri,
                     "--to", f"127.0.0.1:{port}", "--key-file", key, "--transport", "tcp",
-                    "--json", out, *extra], check=False, timeout=300)
+                    "--json", out, *extra], check=False, timeout=300, env=env)
 
 
 def interrupted(src, dst, rdmig, port, key, root, fault):
@@ -218,6 +221,27 @@ def main(rdmig, guest_dir):
                                        + repr(open(a_log, "rb").read()[-600:]))
                 time.sleep(0.1)  # polling interval for the serial log
             check(True, "the guest's heartbeat goes on on A")
+
+            # 5. A -> B with the stream cut right after a well-formed QEMU_VM_EOF byte (test-only
+            # RDMIG_FAULT=early-eof): a destination QEMU can take it for its end of stream. rdmig's
+            # failure reaches libvirt before its Finish phase resumes anything: the domain runs on
+            # A only, the report names A, and B has nothing.
+            m = migrate(a, b, rdmig, port_b, key, f"{root}/m3.json",
+                        env=dict(os.environ, RDMIG_FAULT="early-eof:16000000"))
+            r3 = json.load(open(f"{root}/m3.json"))
+            check(m.returncode == 1 and "early-eof" in m.stderr,
+                  f"early-eof: rdmig migrate exits {m.returncode}: "
+                  f"{m.stderr.strip().splitlines()[-1][:300]}")
+            check(r3["guest_runs"] == "source" and r3["domain_runs_on"] == a.uri,
+                  f"the report says the domain runs on {r3.get('domain_runs_on')} "
+                  f"(source {r3.get('source_state')}, destination {r3.get('destination_state')})")
+            check(a.domstate(NAME).startswith("running"), f"A: {a.domstate(NAME)}")
+            # B keeps the inactive definition of case 3's persistent migration, nothing running.
+            check(NAME not in b.domains() and b.domstate(NAME).startswith("shut off"),
+                  f"nothing runs on B: {b.domstate(NAME)}")
+            seen = len(open(a_log, "rb").read())
+            t.wait_until("a heartbeat on A after the failed migration",
+                         lambda: b"HB t=" in open(a_log, "rb").read()[seen:], 30)
             con = L.console(a, NAME)
             con.send("verify\n")
             try:
