@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "qemu-plugin/stream/chunk.h"
@@ -63,6 +64,29 @@ Status InjectEarlyEof(stream::ChunkWriter* chunk, const std::function<Status()>&
   return Error(Code::kAborted, "RDMIG_FAULT early-eof: the stream was cut after an early "
                                "end-of-stream byte");
 }
+
+// RDMIG_FAULT=cut-stream:0:BYTES (fault matrix): once BYTES were read, QEMU's stream ends at the
+// next record boundary between sections; cut-stream:1:BYTES: it ends BYTES into the device-state
+// tail: what follows is dropped as if QEMU had closed its stream there, and the endpoint judges the
+// stream as it judges any other.
+struct StreamCut {
+  std::optional<FaultSpec> early_eof;
+  std::optional<FaultSpec> cut;
+
+  static Result<StreamCut> FromEnvironment(stream::StreamParser* parser) {
+    StreamCut c;
+    RDMIG_ASSIGN_OR_RETURN(c.early_eof, TestFault("early-eof"));
+    RDMIG_ASSIGN_OR_RETURN(c.cut, TestFault("cut-stream"));
+    if (c.cut && c.cut->a == 1) parser->StopInTail(c.cut->b);
+    return c;
+  }
+  void BeforeParse(uint64_t stream_bytes, stream::StreamParser* parser) const {
+    if ((early_eof && stream_bytes >= early_eof->a) ||
+        (cut && cut->a == 0 && stream_bytes >= cut->b)) {
+      parser->StopAtNextSection();
+    }
+  }
+};
 
 // Waiting for QEMU's stream while a migration runs has no deadline of its own: QEMU decides.
 constexpr std::chrono::milliseconds kNoDeadline{-1};
@@ -234,12 +258,12 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
   // 2. The stream: pages of registered blocks on their lanes, the rest in chunks behind watermarks,
   // up to QEMU's own end of stream. The chunk that holds it is kept back (see the header).
   // When it fails here, the destination may know better why (its QEMU went away, say): ask it.
-  RDMIG_ASSIGN_OR_RETURN(std::optional<FaultSpec> early_eof, TestFault("early-eof"));
+  RDMIG_ASSIGN_OR_RETURN(const StreamCut test_cut, StreamCut::FromEnvironment(&parser));
   auto stream_all = [&]() -> Status {
     for (;;) {
       const uint64_t wire_before = wire_bytes;
       const uint64_t lane_before = report.lane_bytes;
-      if (early_eof && report.stream_bytes >= early_eof->a) parser.StopAtNextSection();
+      test_cut.BeforeParse(report.stream_bytes, &parser);
       size_t used = parser.Parse(std::span(buf.data(), have), &items);
       for (const stream::Item& it : items) {
         if (it.kind == stream::Item::kPassthrough) {
@@ -280,8 +304,12 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
         pages.clear();
       }
       wire_bytes += report.lane_bytes - lane_before;
+      if (parser.stopped_at_section()) {
+        if (test_cut.early_eof) return InjectEarlyEof(&chunk, [&] { return send_chunk(false); });
+        have = used;  // cut-stream: QEMU's stream ends here, whatever came after
+        eof = true;
+      }
       const bool at_end = used == have && parser.at_clean_end();
-      if (parser.stopped_at_section()) return InjectEarlyEof(&chunk, [&] { return send_chunk(false); });
       if (!chunk.empty() && !at_end) RDMIG_RETURN_IF_ERROR(send_chunk(false));
       // Page data lives in `buf`: it may move only once the transport is done with it.
       if (tag > 0) RDMIG_RETURN_IF_ERROR(tx.WaitCompleted(tag, options.timeout).status());

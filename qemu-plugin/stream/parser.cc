@@ -1,5 +1,6 @@
 #include "qemu-plugin/stream/parser.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 
@@ -153,10 +154,16 @@ size_t StreamParser::Parse(std::span<const std::byte> data, std::vector<Item>* o
   size_t consumed = 0;
   while (consumed < data.size() && !(until_layout && layout_known())) {
     if (state_ == State::kTail || state_ == State::kPassthrough) {
-      Raw(data.data() + consumed, data.size() - consumed, out);
-      end_.Scan(data.subspan(consumed), position_);
-      position_ += data.size() - consumed;
-      return data.size();
+      size_t n = data.size() - consumed;
+      if (stop_in_tail_ && state_ == State::kTail) {
+        n = static_cast<size_t>(std::min<uint64_t>(n, *stop_in_tail_));
+        *stop_in_tail_ -= n;
+        stopped_at_section_ = *stop_in_tail_ == 0;
+      }
+      Raw(data.data() + consumed, n, out);
+      end_.Scan(data.subspan(consumed, n), position_);
+      position_ += n;
+      return consumed + n;
     }
     if (stop_at_section_ && state_ == State::kTopLevel) {
       stop_at_section_ = false;

@@ -13,6 +13,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -105,6 +106,9 @@ class StreamParser {
   // Test-only fault injection: the next Parse stops between two top-level sections (before the next
   // section starts), so that the caller can cut the stream there.
   void StopAtNextSection() { stop_at_section_ = true; }
+  // Test-only too: Parse stops `bytes` into the device-state tail, once it gets there.
+  void StopInTail(uint64_t bytes) { stop_in_tail_ = bytes; }
+  // Parse stopped where one of the two hooks above said.
   bool stopped_at_section() const { return stopped_at_section_; }
   uint64_t position() const { return position_; }
   uint64_t pages() const { return pages_; }
@@ -132,6 +136,7 @@ class StreamParser {
   EndOfStreamScanner end_;
   bool stop_at_section_ = false;
   bool stopped_at_section_ = false;
+  std::optional<uint64_t> stop_in_tail_;  // tail bytes still to parse before stopping
 };
 
 const char* StateName(StreamParser::State state);

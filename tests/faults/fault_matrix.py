@@ -19,7 +19,9 @@ way into `rdmig send`); and second-source: while a migration runs, a second conn
 `rdmig receive` is refused and the first completes with memory verified.
 Rows that make the destination QEMU believe it is done (test-only RDMIG_FAULT hooks):
 early-eof (the stream cut right after a well-formed QEMU_VM_EOF byte between two sections: QEMU
-7.2 ends its load there and reports completed), lane-drop (a page lost on lane 1: the lanes'
+7.2 ends its load there and reports completed), cut-boundary and cut-tail (QEMU's stream ends at a
+record boundary between sections, or 200 bytes into the device-state tail: never a complete
+migration), lane-drop (a page lost on lane 1: the lanes'
 counts disagree when the source completed, before QEMU's end of stream goes out), and
 fail-before-cont (both QEMUs completed, then the switchover fails before `cont`: the source,
 left in postmigrate, is resumed by rdmig); and verify-corrupt (`rdmig migrate --verify` with one
@@ -337,6 +339,12 @@ ROWS = {
                                         fault="early-eof:16000000"),
     "lane-drop": lambda r, g: fault_row(r, g, "lane-drop", no_injection, "lane 1 landed",
                                         fault="tcp-drop-page:1:3000"),
+    "cut-boundary": lambda r, g: fault_row(r, g, "cut-boundary", no_injection,
+                                           "before QEMU's end of stream (between sections",
+                                           fault="cut-stream:0:16000000"),
+    "cut-tail": lambda r, g: fault_row(r, g, "cut-tail", no_injection,
+                                       "before QEMU's end of stream (device state tail",
+                                       fault="cut-stream:1:200"),
     "fail-before-cont": lambda r, g: fault_row(r, g, "fail-before-cont", no_injection,
                                                "fail-before-cont", fault="fail-before-cont"),
     "verify-corrupt": lambda r, g: fault_row(r, g, "verify-corrupt", no_injection,
