@@ -1,7 +1,6 @@
 #include "qemu-plugin/destination_endpoint.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -10,28 +9,18 @@
 #include <cerrno>
 #include <atomic>
 #include <climits>
+#include <optional>
 #include <thread>
 #include <vector>
 
 #include "qemu-plugin/stream/chunk.h"
+#include "transfer/fault.h"
 
 namespace rdmig::endpoint {
 
 namespace pb = session::pb;
 
 namespace {
-
-// Private staging memory for one block.
-struct Staging {
-  std::byte* data = nullptr;
-  uint64_t size = 0;
-  Staging() = default;
-  Staging(Staging&& o) noexcept : data(std::exchange(o.data, nullptr)), size(o.size) {}
-  Staging(const Staging&) = delete;
-  ~Staging() {
-    if (data != nullptr) ::munmap(data, size);
-  }
-};
 
 // Carries what the destination QEMU writes back on its migration socket (its return path) to the
 // source, on a thread of its own, until QEMU closes its side or Stop(). Only sockets have one.
@@ -56,10 +45,19 @@ class ReturnPathPump {
                  .ok()) {
           return;
         }
+        forwarded_.fetch_add(static_cast<uint64_t>(n));
       }
     });
   }
   ~ReturnPathPump() { Stop(); }
+  // For a test hook: waits until QEMU said something on its return path (its SHUT, once loaded).
+  bool WaitForwarded(std::chrono::milliseconds timeout) const {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (forwarded_.load() == 0 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));  // polling interval
+    }
+    return forwarded_.load() != 0;
+  }
   ReturnPathPump(const ReturnPathPump&) = delete;
   ReturnPathPump& operator=(const ReturnPathPump&) = delete;
   // Must run before QEMU's socket is closed.
@@ -70,8 +68,23 @@ class ReturnPathPump {
 
  private:
   std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> forwarded_{0};
   std::thread thread_;
 };
+
+// RDMIG_FAULT=fail-after-load:MS (fault tests): the destination fails MS ms after its QEMU loaded
+// the whole stream and said SHUT, instead of answering Delivered, as a slow check that fails would:
+// only the source's hold on that SHUT keeps the source QEMU (and libvirt) from completing the
+// migration meanwhile.
+Status FailAfterLoadForTest(const ReturnPathPump& return_path, std::chrono::milliseconds timeout) {
+  RDMIG_ASSIGN_OR_RETURN(std::optional<FaultSpec> fault, TestFault("fail-after-load"));
+  if (!fault) return Status::Ok();
+  const bool said = return_path.WaitForwarded(timeout);
+  std::this_thread::sleep_for(std::chrono::milliseconds(fault->a));  // the slow check
+  return Error(Code::kAborted, std::string("RDMIG_FAULT fail-after-load: the destination fails ") +
+                                   (said ? "after its QEMU loaded the stream (SHUT passed on)"
+                                         : "(its QEMU said nothing on its return path)"));
+}
 
 Status WriteToQemu(int fd, std::vector<iovec>& iov, uint64_t* written) {
   for (size_t at = 0; at < iov.size(); at += IOV_MAX) {
@@ -123,7 +136,7 @@ Result<DestinationStreamReport> RunDestinationStream(session::DestinationListene
   Mode mode = options.mode;
   auto mode_name = [&] { return mode == Mode::kDirect ? "direct" : "staged"; };
   report.mode = mode_name();
-  std::vector<Staging> staging;
+  std::vector<MappedMemory> staging;  // private memory of the staged blocks
 
   auto prepare = [&](const std::vector<session::RegionSpec>& offered,
                      RegionRegistry* regions) -> Status {
@@ -147,16 +160,10 @@ Result<DestinationStreamReport> RunDestinationStream(session::DestinationListene
         RDMIG_RETURN_IF_ERROR(regions->Add(r.id, r.name, it->second.data(), r.length));
         report.layout += " (direct)";
       } else {
-        void* p =
-            ::mmap(nullptr, r.length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (p == MAP_FAILED) {
-          return Status::FromErrno("staging for block '" + r.name + "'", errno);
-        }
-        Staging st;
-        st.data = static_cast<std::byte*>(p);
-        st.size = r.length;
-        RDMIG_RETURN_IF_ERROR(regions->Add(r.id, r.name, st.data, r.length));
-        staging.push_back(std::move(st));
+        Result<MappedMemory> st = MappedMemory::Anonymous(r.length, /*populate=*/false);
+        if (!st.ok()) return st.status().Annotate("staging for block '" + r.name + "'");
+        RDMIG_RETURN_IF_ERROR(regions->Add(r.id, r.name, st->data(), r.length));
+        staging.push_back(std::move(st).value());
         report.layout += " (staged)";
       }
     }
@@ -231,6 +238,7 @@ Result<DestinationStreamReport> RunDestinationStream(session::DestinationListene
     ++report.chunks;
     if (!c.end()) return WriteToQemu(qemu.get(), iov, &report.qemu_bytes);
     RDMIG_RETURN_IF_ERROR(DeliverEnd(qemu.get(), iov, options.timeout, &report));
+    RDMIG_RETURN_IF_ERROR(FailAfterLoadForTest(return_path, options.timeout));
     ended = true;
     return d->SendDelivered(
         session::DeliveredReport{report.qemu_bytes, report.qemu_all_read, report.delivery_note});

@@ -25,14 +25,14 @@
 #include <string>
 
 #include "control/session/session.h"
-#include "qemu-plugin/mapped_file.h"
+#include "transfer/memory.h"
 #include "transfer/net/socket.h"
 
 namespace rdmig::endpoint {
 
 struct DestinationStreamOptions {
   enum class Mode { kDirect, kStaged } mode = Mode::kStaged;
-  std::map<std::string, MappedFile>* ram_files = nullptr;  // direct: block name -> its RAM file
+  std::map<std::string, MappedMemory>* ram_files = nullptr;  // direct: block name -> its RAM file
   std::chrono::milliseconds timeout{30000};
   std::vector<session::TransportKind> transports = {session::TransportKind::kTcp};
   std::string rdma_ip;  // the RDMA device's address, when RDMA may be offered

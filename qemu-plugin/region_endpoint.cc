@@ -1,11 +1,11 @@
 #include "qemu-plugin/region_endpoint.h"
 
-#include <sys/mman.h>
 #include <xxhash.h>
 
 #include <vector>
 
 #include "transfer/lanes.h"
+#include "transfer/memory.h"
 
 namespace rdmig::endpoint {
 
@@ -18,31 +18,6 @@ double Since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// Anonymous memory owned for the duration of one served session.
-class Mapping {
- public:
-  Mapping() = default;
-  Mapping(Mapping&& o) noexcept : p_(std::exchange(o.p_, nullptr)), len_(o.len_) {}
-  Mapping(const Mapping&) = delete;
-  ~Mapping() {
-    if (p_ != nullptr) ::munmap(p_, len_);
-  }
-  static Result<Mapping> Anonymous(uint64_t len) {
-    // Populated up front: faulting pages in while they land costs more than the copy itself.
-    void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-    if (p == MAP_FAILED) return Status::FromErrno("mmap " + std::to_string(len) + " bytes", errno);
-    Mapping m;
-    m.p_ = static_cast<std::byte*>(p);
-    m.len_ = len;
-    return m;
-  }
-  std::byte* data() const { return p_; }
-
- private:
-  std::byte* p_ = nullptr;
-  uint64_t len_ = 0;
-};
 }  // namespace
 
 Result<SendReport> SendRegion(session::SourceSession& session, uint32_t region,
@@ -121,7 +96,7 @@ Result<SendReport> SendRegion(session::SourceSession& session, uint32_t region,
 }
 
 Result<ServeReport> ServeOnce(session::DestinationListener& listener, const ServeOptions& options) {
-  std::vector<Mapping> mappings;
+  std::vector<MappedMemory> mappings;
   std::string layout;
   auto prepare = [&](const std::vector<session::RegionSpec>& offered,
                      RegionRegistry* regions) -> Status {
@@ -133,7 +108,7 @@ Result<ServeReport> ServeOnce(session::DestinationListener& listener, const Serv
                                                std::to_string(options.max_bytes));
     }
     for (const auto& r : offered) {
-      RDMIG_ASSIGN_OR_RETURN(Mapping m, Mapping::Anonymous(r.length));
+      RDMIG_ASSIGN_OR_RETURN(MappedMemory m, MappedMemory::Anonymous(r.length, /*populate=*/true));
       RDMIG_RETURN_IF_ERROR(regions->Add(r.id, r.name, m.data(), r.length));
       mappings.push_back(std::move(m));
       if (!layout.empty()) layout += ", ";

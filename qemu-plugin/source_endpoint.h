@@ -22,7 +22,7 @@
 #include <string>
 
 #include "control/session/session.h"
-#include "qemu-plugin/mapped_file.h"
+#include "transfer/memory.h"
 
 namespace rdmig::endpoint {
 
@@ -52,7 +52,7 @@ struct SourceStreamOptions {
   // `--verify` (verify.h): the source guest's RAM files by block name. When set, the destination
   // QEMU's SHUT is awaited and held while every page it landed directly is compared with them; a
   // difference fails the migration.
-  const std::map<std::string, MappedFile>* verify_files = nullptr;
+  const std::map<std::string, MappedMemory>* verify_files = nullptr;
 };
 
 struct SourceStreamReport {

@@ -138,14 +138,14 @@ void ApplyRecords(const std::vector<std::byte>& s, std::vector<std::byte>* ram,
 }
 
 // A guest RAM file "mem0" holding `bytes`, mapped (and already unlinked).
-std::map<std::string, MappedFile> RamFile(const std::vector<std::byte>& bytes) {
-  std::map<std::string, MappedFile> files;
+std::map<std::string, MappedMemory> RamFile(const std::vector<std::byte>& bytes) {
+  std::map<std::string, MappedMemory> files;
   char path[] = "/tmp/rdmig-ram-XXXXXX";
   int fd = ::mkstemp(path);
   EXPECT_GE(fd, 0);
   EXPECT_EQ(::write(fd, bytes.data(), bytes.size()), ssize_t(bytes.size()));
   ::close(fd);
-  auto m = MappedFile::Open(path);
+  auto m = MappedMemory::SharedFile(path);
   EXPECT_TRUE(m.ok()) << m.status().ToString();
   if (m.ok()) files.emplace("mem0", std::move(m).value());
   ::unlink(path);
@@ -153,12 +153,12 @@ std::map<std::string, MappedFile> RamFile(const std::vector<std::byte>& bytes) {
 }
 
 // A destination guest's RAM file "mem0" of kRam stale bytes.
-std::map<std::string, MappedFile> StaleRamFile() {
+std::map<std::string, MappedMemory> StaleRamFile() {
   return RamFile(std::vector<std::byte>(kRam, kStale));
 }
 
 TEST(StreamEndpoints, DirectModeLandsPagesAndZerosOnLanesAndKeepsThemOutOfTheStream) {
-  std::map<std::string, MappedFile> files = StaleRamFile();
+  std::map<std::string, MappedMemory> files = StaleRamFile();
   ASSERT_EQ(files.size(), 1u);
   DestinationStreamOptions d;
   d.mode = DestinationStreamOptions::Mode::kDirect;
@@ -220,8 +220,8 @@ TEST(StreamEndpoints, DirectModeNamesTheBlockBeforeAVerbatimContinueRecord) {
   ASSERT_GE(fd, 0);
   ASSERT_EQ(::ftruncate(fd, kRam), 0);
   ::close(fd);
-  std::map<std::string, MappedFile> files;
-  files.emplace("mem0", std::move(MappedFile::Open(path)).value());
+  std::map<std::string, MappedMemory> files;
+  files.emplace("mem0", std::move(MappedMemory::SharedFile(path)).value());
   ::unlink(path);
   StreamBuilder b;
   b.Header().Configuration().RamStart(2, {{"mem0", kRam}}).EosFooter(2);
@@ -321,7 +321,7 @@ TEST(StreamEndpoints, ADestinationQemuThatStopsReadingEarlyFailsTheMigration) {
 // (RDMIG_FAULT=tcp-hold-lane); the device state behind the ram section must still reach QEMU only
 // once mem0 holds its final contents.
 TEST(StreamEndpoints, NoChunkReachesQemuBeforeTheLanePagesBeforeItLanded) {
-  std::map<std::string, MappedFile> files = StaleRamFile();
+  std::map<std::string, MappedMemory> files = StaleRamFile();
   ASSERT_EQ(files.size(), 1u);
   DestinationStreamOptions d;
   d.mode = DestinationStreamOptions::Mode::kDirect;
@@ -364,8 +364,8 @@ namespace {
 // --verify: with the destination QEMU's SHUT in hand, every landed page of mem0 is compared with
 // the source guest's final RAM; equal RAM passes with the count, and the SHUT goes on.
 TEST(StreamEndpoints, VerifyComparesEveryLandedPageWithTheSourceGuestsRam) {
-  std::map<std::string, MappedFile> files = StaleRamFile();
-  std::map<std::string, MappedFile> source_ram = RamFile(ExpectedRam());
+  std::map<std::string, MappedMemory> files = StaleRamFile();
+  std::map<std::string, MappedMemory> source_ram = RamFile(ExpectedRam());
   ASSERT_EQ(source_ram.size(), 1u);
   DestinationStreamOptions d;
   d.mode = DestinationStreamOptions::Mode::kDirect;
@@ -382,7 +382,7 @@ TEST(StreamEndpoints, VerifyComparesEveryLandedPageWithTheSourceGuestsRam) {
 // A page changed after it landed (RDMIG_FAULT=corrupt-landed:BLOCK:PAGE) fails the migration with
 // the page's address; so does a source RAM file that is not the guest's final RAM.
 TEST(StreamEndpoints, VerifyFailsOnAPageCorruptedAfterItLandedAndNamesIt) {
-  std::map<std::string, MappedFile> source_ram = RamFile(ExpectedRam());
+  std::map<std::string, MappedMemory> source_ram = RamFile(ExpectedRam());
   SourceStreamOptions s;
   s.verify_files = &source_ram;
   FakeQemu qemu;
@@ -390,7 +390,7 @@ TEST(StreamEndpoints, VerifyFailsOnAPageCorruptedAfterItLandedAndNamesIt) {
   DestinationStreamOptions d;
   d.mode = DestinationStreamOptions::Mode::kDirect;
   {
-    std::map<std::string, MappedFile> files = StaleRamFile();
+    std::map<std::string, MappedMemory> files = StaleRamFile();
     d.ram_files = &files;
     ::setenv("RDMIG_FAULT", "corrupt-landed:0:13", 1);
     Outcome o = Migrate(ThreePassStream(), d, qemu, /*expect_ok=*/false, s);
@@ -402,12 +402,12 @@ TEST(StreamEndpoints, VerifyFailsOnAPageCorruptedAfterItLandedAndNamesIt) {
         << o.source_status.ToString();
   }
   {
-    std::map<std::string, MappedFile> files = StaleRamFile();
+    std::map<std::string, MappedMemory> files = StaleRamFile();
     d.ram_files = &files;
     std::vector<std::byte> other = ExpectedRam();
     other[4096 * 2 + 7] = std::byte{1};
     other[4096 * 5] = std::byte{2};
-    std::map<std::string, MappedFile> wrong = RamFile(other);
+    std::map<std::string, MappedMemory> wrong = RamFile(other);
     s.verify_files = &wrong;
     Outcome o = Migrate(ThreePassStream(), d, qemu, /*expect_ok=*/false, s);
     EXPECT_NE(o.source_status.message().find("2 of 16 pages differ"), std::string::npos)

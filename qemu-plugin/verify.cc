@@ -25,10 +25,10 @@ std::string PageAddress(const std::string& block, uint64_t page) {
 }
 
 // The blocks to compare: every registered one, each with its source RAM file.
-Result<std::vector<std::pair<session::RegionSpec, const MappedFile*>>> BlocksToVerify(
+Result<std::vector<std::pair<session::RegionSpec, const MappedMemory*>>> BlocksToVerify(
     const session::SourceSession& session, const std::vector<session::RegionSpec>& layout,
-    const std::map<std::string, MappedFile>& files) {
-  std::vector<std::pair<session::RegionSpec, const MappedFile*>> blocks;
+    const std::map<std::string, MappedMemory>& files) {
+  std::vector<std::pair<session::RegionSpec, const MappedMemory*>> blocks;
   for (uint32_t id : session.registered_regions()) {
     if (id >= layout.size()) continue;
     const session::RegionSpec& r = layout[id];
@@ -57,7 +57,7 @@ Result<std::vector<std::pair<session::RegionSpec, const MappedFile*>>> BlocksToV
 
 Result<VerifyReport> VerifyLandedRam(session::SourceSession& session,
                                      const std::vector<session::RegionSpec>& layout,
-                                     const std::map<std::string, MappedFile>& files,
+                                     const std::map<std::string, MappedMemory>& files,
                                      std::chrono::milliseconds timeout) {
   const auto start = Clock::now();
   RDMIG_ASSIGN_OR_RETURN(auto blocks, BlocksToVerify(session, layout, files));

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "control/session/session.h"
-#include "qemu-plugin/mapped_file.h"
+#include "transfer/memory.h"
 
 namespace rdmig::endpoint {
 
@@ -31,7 +31,7 @@ struct VerifyReport {
 // block and offset).
 Result<VerifyReport> VerifyLandedRam(session::SourceSession& session,
                                      const std::vector<session::RegionSpec>& layout,
-                                     const std::map<std::string, MappedFile>& files,
+                                     const std::map<std::string, MappedMemory>& files,
                                      std::chrono::milliseconds timeout);
 
 }  // namespace rdmig::endpoint

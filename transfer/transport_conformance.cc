@@ -6,6 +6,7 @@
 #include <random>
 #include <vector>
 
+#include "transfer/testing/alloc_counter.h"
 #include "transfer/testing/loopback.h"
 
 namespace rdmig::testing {
@@ -168,13 +169,52 @@ TEST_P(TransportConformance, CopiesOfAPageInFlightTogetherLeaveTheNewest) {
       }
     }
   }
-  if (!batch.empty()) ASSERT_TRUE(pair->source->Post(batch, ++tag).ok());
+  if (!batch.empty()) {
+    ASSERT_TRUE(pair->source->Post(batch, ++tag).ok());
+  }
   ASSERT_TRUE(pair->source->PostWatermark(1).ok());
   ASSERT_TRUE(pair->destination->WaitWatermark(1, seconds(30)).ok());
   const std::byte* newest = f.version(kVersions - 1);
   for (uint64_t p = 0; p < kPages; ++p) {
     ASSERT_EQ(std::memcmp(f.dst.data() + offset(p), newest + p * kPage, kPage), 0) << "page " << p;
   }
+}
+
+// The hot paths, sender and receiver, allocate nothing per page once running (the conformance
+// binaries link rdmig_alloc_counter, which counts every operator new of the process).
+TEST_P(TransportConformance, NoHeapAllocationPerPageOnceRunning) {
+  constexpr uint64_t kPages = 4096;  // 16 MiB
+  Fixture f(kPages * kPage, kPages * kPage);
+  FillPattern(f.src.data(), f.src.size(), 3, 0);
+  ASSERT_TRUE(f.regions.Add(0, "ram", f.dst.data(), f.dst.size()).ok());
+  Result<TransportPair> pair = GetParam().connect(4, &f.regions);
+  ASSERT_TRUE(pair.ok()) << pair.status().ToString();
+  ASSERT_TRUE(pair->source->RegisterSource(std::span(f.src.data(), f.src.size())).ok());
+  std::vector<PageWrite> batch(64);
+  uint64_t tag = 0, mark = 0;
+  auto send_all = [&] {
+    for (uint64_t p = 0; p < kPages; p += batch.size()) {
+      for (uint64_t i = 0; i < batch.size(); ++i) {
+        batch[i] = {f.src.data() + (p + i) * kPage, (p + i) * kPage, kPage, 0};
+      }
+      ASSERT_TRUE(pair->source->Post(batch, ++tag).ok());
+    }
+    ASSERT_TRUE(pair->source->WaitCompleted(tag, seconds(10)).ok());
+    ASSERT_TRUE(pair->source->PostWatermark(++mark).ok());
+    ASSERT_TRUE(pair->destination->WaitWatermark(mark, seconds(30)).ok());
+  };
+  send_all();  // warm-up
+  {            // The counter sees allocations at all (the replaced operator new is linked in).
+    const uint64_t c0 = AllocationCount();
+    int* volatile probe = new int(1);
+    delete probe;
+    ASSERT_GT(AllocationCount(), c0);
+  }
+  const uint64_t before = AllocationCount();
+  for (int round = 0; round < 4; ++round) send_all();
+  const uint64_t allocations = AllocationCount() - before;
+  EXPECT_EQ(allocations, 0u) << allocations << " allocations for " << 4 * kPages << " pages";
+  EXPECT_EQ(std::memcmp(f.src.data(), f.dst.data(), f.src.size()), 0);
 }
 
 // Zero fills land in order with the payload pages of the same lane: page, zero, page of the same

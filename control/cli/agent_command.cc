@@ -16,6 +16,8 @@
 #include <nlohmann/json.hpp>
 
 #include "control/cli/commands.h"
+#include "control/cli/signals.h"
+#include "control/cli/size.h"
 #include "control/cli/transport_choice.h"
 #include "control/libvirt/libvirt_client.h"
 #include "control/session/auth.h"
@@ -40,8 +42,6 @@ struct AgentArgs {
   std::string log_json;
 };
 
-volatile std::sig_atomic_t g_stop = 0;
-extern "C" void OnStop(int) { g_stop = 1; }
 
 // `path` lies inside one of `dirs` (after resolving symlinks and "..").
 bool Inside(const std::string& path, const std::vector<std::string>& dirs) {
@@ -60,7 +60,7 @@ bool Inside(const std::string& path, const std::vector<std::string>& dirs) {
 // The RAM files of a running libvirt domain: libvirt keeps a file-backed domain's memory under
 // <memory_backing_dir>/<id>-<name>/, one file per memory backend, named like its RAM block.
 Status FindDomainRamFiles(const AgentArgs& a, const std::string& name,
-                          std::map<std::string, endpoint::MappedFile>* out) {
+                          std::map<std::string, MappedMemory>* out) {
   RDMIG_ASSIGN_OR_RETURN(libvirt::Connection conn, libvirt::Connection::Open(a.connect));
   RDMIG_ASSIGN_OR_RETURN(libvirt::Domain dom, conn.Lookup(name));
   RDMIG_ASSIGN_OR_RETURN(int id, dom.Id());
@@ -74,7 +74,7 @@ Status FindDomainRamFiles(const AgentArgs& a, const std::string& name,
     if (!d.is_directory() || dir.rfind(prefix, 0) != 0) continue;
     for (const fs::directory_entry& f : fs::directory_iterator(d.path(), ec)) {
       if (!f.is_regular_file()) continue;
-      RDMIG_ASSIGN_OR_RETURN(endpoint::MappedFile m, endpoint::MappedFile::Open(f.path()));
+      RDMIG_ASSIGN_OR_RETURN(MappedMemory m, MappedMemory::SharedFile(f.path()));
       out->emplace(f.path().filename().string(), std::move(m));
     }
   }
@@ -141,11 +141,7 @@ int RunAgent(const AgentArgs& a) {
     std::error_code ec;
     if (fs::create_directories(d, ec)) fs::permissions(d, fs::perms::owner_all, ec);
   }
-  struct sigaction sa = {};
-  sa.sa_handler = OnStop;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
+  StopOnSignals stop_on_signals;  // the agent ends between migrations
 
   auto listener = session::DestinationListener::Listen(*addr);
   if (!listener.ok()) {
@@ -158,7 +154,7 @@ int RunAgent(const AgentArgs& a) {
   if (!a.log_json.empty()) log.open(a.log_json, std::ios::app);
 
   for (int n = 1; a.sessions == 0 || n <= a.sessions; ++n) {
-    while (g_stop == 0) {
+    while (StopSignal() == 0) {
       Status pending = listener->WaitPending(std::chrono::milliseconds(500));
       if (pending.ok()) break;
       if (pending.code() != Code::kTimeout) {
@@ -166,9 +162,9 @@ int RunAgent(const AgentArgs& a) {
         return 1;
       }
     }
-    if (g_stop != 0) break;
+    if (StopSignal() != 0) break;
     // Everything of one migration lives in this scope and is released when it ends.
-    std::map<std::string, endpoint::MappedFile> ram_files;
+    std::map<std::string, MappedMemory> ram_files;
     std::string qemu_socket;
     std::string what;
     endpoint::DestinationStreamOptions opts;
@@ -197,17 +193,13 @@ int RunAgent(const AgentArgs& a) {
       *mode = endpoint::DestinationStreamOptions::Mode::kDirect;
       if (!t.domain.empty()) return FindDomainRamFiles(a, t.domain, &ram_files);
       for (const std::string& spec : t.ram_files) {
-        const size_t eq = spec.find('=');
-        if (eq == std::string::npos || eq == 0) {
-          return Error(Code::kInvalidArgument, "bad RAM file '" + spec + "': want BLOCK=PATH");
-        }
-        const std::string path = spec.substr(eq + 1);
-        if (!Inside(path, a.allow)) {
+        RDMIG_ASSIGN_OR_RETURN(BlockPath bp, ParseBlockPath(spec));
+        if (!Inside(bp.path, a.allow)) {
           return Error(Code::kPermissionDenied,
-                       "the agent does not map RAM files at " + path + " (allowed: --allow)");
+                       "the agent does not map RAM files at " + bp.path + " (allowed: --allow)");
         }
-        RDMIG_ASSIGN_OR_RETURN(endpoint::MappedFile m, endpoint::MappedFile::Open(path));
-        ram_files.emplace(spec.substr(0, eq), std::move(m));
+        RDMIG_ASSIGN_OR_RETURN(MappedMemory m, MappedMemory::SharedFile(bp.path));
+        ram_files.emplace(bp.block, std::move(m));
       }
       return Status::Ok();
     };

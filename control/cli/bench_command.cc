@@ -10,7 +10,8 @@
 #include "control/cli/size.h"
 #include "control/cli/transport_choice.h"
 #include "qemu-plugin/region_endpoint.h"
-#include "transfer/testing/loopback.h"
+#include "transfer/memory.h"
+#include "transfer/pattern.h"
 
 namespace rdmig::cli {
 
@@ -82,10 +83,12 @@ int RunClient(const BenchArgs& a) {
   }
   const uint64_t pages = *size / kPage;
   std::fprintf(stderr, "preparing %s of random pages...\n", FormatBytes(double(*size)).c_str());
-  testing::AnonMemory memory(*size);
-  for (uint64_t p = 0; p < pages; ++p) {
-    testing::FillPattern(memory.data() + p * kPage, kPage, a.seed, p);
+  Result<MappedMemory> memory = MappedMemory::Anonymous(*size, /*populate=*/true);
+  if (!memory.ok()) {
+    spdlog::error("{}", memory.status().ToString());
+    return 1;
   }
+  for (uint64_t p = 0; p < pages; ++p) FillPattern(memory->data() + p * kPage, kPage, a.seed, p);
   session::SourceOptions sopts;
   sopts.lanes = a.lanes;
   auto transports = ChooseTransports(a.transport);
@@ -114,7 +117,7 @@ int RunClient(const BenchArgs& a) {
       if (sent == total) std::fprintf(stderr, "\n");
     };
   }
-  auto r = endpoint::SendRegion(**s, 0, std::span(memory.data(), *size), opts);
+  auto r = endpoint::SendRegion(**s, 0, std::span(memory->data(), *size), opts);
   if (!r.ok()) {
     spdlog::error("transfer failed: {}", r.status().ToString());
     return 1;

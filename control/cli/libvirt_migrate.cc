@@ -166,7 +166,7 @@ int FailWithWhereabouts(const MigrateArgs& a, const lv::Domain& source, const st
 }  // namespace
 
 int RunLibvirtMigrate(const MigrateArgs& a) {
-  CancelOnSignals cancel_on_signals;
+  StopOnSignals cancel_on_signals;
   const std::optional<Limits> limits = ParseLimits(a);
   if (!limits) return 2;
   const Limits& lim = *limits;
@@ -307,9 +307,8 @@ int RunLibvirtMigrate(const MigrateArgs& a) {
   std::string cancel_reason;
   bool downtime_set = false;
   while (status != "completed" && status != "failed" && status != "cancelled") {
-    if (cancel_reason.empty() && (Clock::now() > deadline || CancelSignal() != 0)) {
-      cancel_reason = CancelSignal() != 0 ? std::string("cancelled on ") +
-                                                (CancelSignal() == SIGINT ? "SIGINT" : "SIGTERM")
+    if (cancel_reason.empty() && (Clock::now() > deadline || StopSignal() != 0)) {
+      cancel_reason = StopSignal() != 0 ? std::string("cancelled on ") + StopSignalName()
                                           : "still " + status + " after the --timeout; cancelled";
       monitor.set_aborted();
       if (Status s = dom->AbortJob(); !s.ok()) spdlog::error("{}", s.ToString());

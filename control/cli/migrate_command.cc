@@ -37,25 +37,9 @@ using qmp::QmpClient;
 // QEMU's max-bandwidth when nothing should limit it (bytes/s).
 constexpr uint64_t kUnlimitedQemuBandwidth = 100ull << 30;
 
-volatile std::sig_atomic_t g_cancel_signal = 0;
-extern "C" void OnCancelSignal(int sig) { g_cancel_signal = sig; }
-
 }  // namespace
 
-CancelOnSignals::CancelOnSignals() {
-  struct sigaction sa = {};
-  sa.sa_handler = OnCancelSignal;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, &old_int_);
-  sigaction(SIGTERM, &sa, &old_term_);
-}
 
-CancelOnSignals::~CancelOnSignals() {
-  sigaction(SIGINT, &old_int_, nullptr);
-  sigaction(SIGTERM, &old_term_, nullptr);
-}
-
-int CancelSignal() { return g_cancel_signal; }
 
 // Keeps the destination QEMU from starting the guest by itself when its load ends: QEMU turns its
 // autostart off when told `stop` while it waits for an incoming migration. rdmig resumes it only
@@ -298,14 +282,14 @@ Status CheckSwitchover(const Result<endpoint::SourceStreamReport>& engine) {
 }
 
 // The source guest's shared RAM files, mapped, by RAM block name (for --verify).
-Status OpenSourceRam(QmpClient& src, std::map<std::string, endpoint::MappedFile>* out) {
+Status OpenSourceRam(QmpClient& src, std::map<std::string, MappedMemory>* out) {
   RDMIG_ASSIGN_OR_RETURN(auto files, qmp::SharedRamFiles(src));
   if (files.empty()) {
     return Error(Code::kInvalidArgument,
                  "the source QEMU has no memory-backend-file with share=on: its RAM cannot be read");
   }
   for (const auto& [block, path] : files) {
-    RDMIG_ASSIGN_OR_RETURN(endpoint::MappedFile m, endpoint::MappedFile::Open(path));
+    RDMIG_ASSIGN_OR_RETURN(MappedMemory m, MappedMemory::SharedFile(path));
     out->emplace(block, std::move(m));
   }
   return Status::Ok();
@@ -318,7 +302,7 @@ int RunMigrate(const MigrateArgs& a) {
     return 2;
   }
   // Ctrl-C (or SIGTERM) cancels the migration cleanly: nothing is left throttled or behind.
-  CancelOnSignals cancel_on_signals;
+  StopOnSignals cancel_on_signals;
   const std::optional<Limits> limits = ParseLimits(a);
   if (!limits) return 2;
   const Limits& lim = *limits;
@@ -386,7 +370,7 @@ int RunMigrate(const MigrateArgs& a) {
 
   // --verify reads the source guest's final RAM from its shared RAM files (mapped now, outside
   // the blackout); they outlive the endpoint that reads them.
-  std::map<std::string, endpoint::MappedFile> verify_files;
+  std::map<std::string, MappedMemory> verify_files;
   if (a.verify) {
     if (!rdmig) return Fail(a, "--verify", Error(Code::kInvalidArgument, "not with --native"));
     if (Status opened = OpenSourceRam(*src, &verify_files); !opened.ok()) {
@@ -449,9 +433,8 @@ int RunMigrate(const MigrateArgs& a) {
   std::string status = "active";
   std::string cancel_reason;
   while (status != "completed" && status != "failed" && status != "cancelled") {
-    if (cancel_reason.empty() && (Clock::now() > deadline || g_cancel_signal != 0)) {
-      cancel_reason = g_cancel_signal != 0 ? std::string("cancelled on ") +
-                                                 (g_cancel_signal == SIGINT ? "SIGINT" : "SIGTERM")
+    if (cancel_reason.empty() && (Clock::now() > deadline || StopSignal() != 0)) {
+      cancel_reason = StopSignal() != 0 ? std::string("cancelled on ") + StopSignalName()
                                            : "still " + status + " after the --timeout; cancelled";
       if (auto r = src->Execute("migrate_cancel"); !r.ok()) {
         spdlog::error("migrate_cancel: {}", r.status().ToString());
@@ -482,7 +465,7 @@ int RunMigrate(const MigrateArgs& a) {
   };
   if (!cancel_reason.empty() && status != "completed") {
     follow.ReleaseThrottle();
-    return fail("migration", Error(g_cancel_signal ? Code::kAborted : Code::kTimeout,
+    return fail("migration", Error(StopSignal() != 0 ? Code::kAborted : Code::kTimeout,
                                    cancel_reason + " (source QEMU: " + status + ")"));
   }
   if (status != "completed") {

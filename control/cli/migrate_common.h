@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "control/cli/follower.h"
+#include "control/cli/signals.h"
 #include "control/qmp/qmp_client.h"
 #include "qemu-plugin/source_endpoint.h"
 
@@ -80,21 +81,6 @@ class SourceEndpointThread {
   Result<endpoint::SourceStreamReport> result_{Error(Code::kInternal, "not run")};
 };
 
-// Set by SIGINT/SIGTERM: the operator wants the migration cancelled. The loop that follows the
-// migration cancels it in QEMU, waits for the source to settle, and releases the throttle.
-// Installed for the life of the object; CancelSignal() is the signal seen (0: none).
-class CancelOnSignals {
- public:
-  CancelOnSignals();
-  ~CancelOnSignals();
-  CancelOnSignals(const CancelOnSignals&) = delete;
-  CancelOnSignals& operator=(const CancelOnSignals&) = delete;
-
- private:
-  struct sigaction old_int_ {};
-  struct sigaction old_term_ {};
-};
-int CancelSignal();
 
 // Turns the destination QEMU's autostart off (QMP `stop` while it waits for its incoming
 // migration), so that it never runs a guest rdmig has not verified; an error when it does not wait

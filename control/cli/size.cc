@@ -103,4 +103,13 @@ std::string FormatBytes(double bytes) {
   return buf;
 }
 
+Result<BlockPath> ParseBlockPath(std::string_view spec) {
+  const size_t eq = spec.find('=');
+  if (eq == std::string_view::npos || eq == 0 || eq + 1 == spec.size()) {
+    return Error(Code::kInvalidArgument, "bad RAM file '" + std::string(spec) +
+                                             "': want BLOCK=PATH (e.g. mem0=/dev/shm/guest.ram)");
+  }
+  return BlockPath{std::string(spec.substr(0, eq)), std::string(spec.substr(eq + 1))};
+}
+
 }  // namespace rdmig::cli

@@ -1,4 +1,5 @@
-// Human sizes on the command line: "4096", "64K", "1G", "1.5GiB", "100M".
+// What the command line says in words: human sizes ("4096", "64K", "1G", "1.5GiB", "100M"),
+// rates, durations, and BLOCK=PATH pairs.
 #pragma once
 
 #include <cstdint>
@@ -18,5 +19,12 @@ Result<double> ParseRate(std::string_view text);
 Result<double> ParseMillis(std::string_view text);
 // "1.00 GiB", "512.0 KiB", "17 B".
 std::string FormatBytes(double bytes);
+
+// "mem0=/dev/shm/guest.ram" (a RAM block and its file): both parts non-empty.
+struct BlockPath {
+  std::string block;
+  std::string path;
+};
+Result<BlockPath> ParseBlockPath(std::string_view spec);
 
 }  // namespace rdmig::cli

@@ -38,4 +38,16 @@ TEST(Millis, MillisecondsOrSeconds) {
 }
 
 }  // namespace
+TEST(BlockPath, BlockAndPathOrAClearError) {
+  auto ok = ParseBlockPath("mem0=/dev/shm/a=b.ram");
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ(ok->block, "mem0");
+  EXPECT_EQ(ok->path, "/dev/shm/a=b.ram");
+  for (const char* bad : {"mem0", "=/dev/shm/x", "mem0=", ""}) {
+    auto r = ParseBlockPath(bad);
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_NE(r.status().message().find("want BLOCK=PATH"), std::string::npos) << bad;
+  }
+}
+
 }  // namespace rdmig::cli

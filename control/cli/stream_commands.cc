@@ -13,6 +13,7 @@
 
 #include "control/cli/commands.h"
 #include "control/cli/migrate_common.h"
+#include "control/cli/signals.h"
 #include "control/qmp/qmp_client.h"
 #include "control/cli/size.h"
 #include "control/cli/transport_choice.h"
@@ -56,28 +57,11 @@ void WriteJson(const std::string& path, const nlohmann::json& j) {
   if (!out) spdlog::error("cannot write {}", path);
 }
 
-// SIGINT/SIGTERM while `rdmig send` runs: what it waits on is cut (shutdown() is
-// async-signal-safe): the listener while QEMU has not connected, then QEMU's stream, so the
-// endpoint fails as for a cancelled source migration, the source guest keeps running and the
-// destination is told. Installed explicitly, so a send started in the background by a script (where
-// SIGINT is ignored) can be cancelled too; a second signal kills at once (SA_RESETHAND).
-volatile std::sig_atomic_t g_send_signal = 0;
-volatile int g_send_cut_fd = -1;
-extern "C" void OnSendSignal(int sig) {
-  g_send_signal = sig;
-  if (g_send_cut_fd >= 0) ::shutdown(g_send_cut_fd, SHUT_RDWR);
-}
-
-void CutOnSignals() {
-  struct sigaction sa = {};
-  sa.sa_handler = OnSendSignal;
-  sa.sa_flags = SA_RESETHAND;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-}
-
-std::string SignalName() { return g_send_signal == SIGINT ? "SIGINT" : "SIGTERM"; }
+// SIGINT/SIGTERM while `rdmig send` runs: what it waits on is cut (CutOnStop): the listener while
+// QEMU has not connected, then QEMU's stream, so the endpoint fails as for a cancelled source
+// migration, the source guest keeps running and the destination is told. Installed explicitly, so
+// a send started in the background by a script (where SIGINT is ignored) can be cancelled too; a
+// second signal kills at once.
 
 struct SendArgs {
   std::string transport = "auto";
@@ -104,6 +88,7 @@ int RunSend(const SendArgs& a) {
     }
   }
   Fd qemu;
+  std::optional<StopOnSignals> stop_on_signals;
   if (from->kind == QemuEndpoint::kStdio) {
     // A pipe, which shutdown() cannot cut: here the signals keep their default.
     qemu = Fd(::dup(STDIN_FILENO));
@@ -114,16 +99,16 @@ int RunSend(const SendArgs& a) {
       spdlog::error("{}", listener.status().ToString());
       return 1;
     }
-    g_send_cut_fd = listener->get();
-    CutOnSignals();
+    stop_on_signals.emplace(/*second_kills=*/true);
+    CutOnStop(listener->get());
     std::fprintf(stderr, "rdmig send: waiting for QEMU on %s\n", a.from.c_str());
     auto conn =
         AcceptTcp(listener->get(),
                   std::chrono::milliseconds(static_cast<int64_t>(a.accept_timeout_s * 1000)));
-    g_send_cut_fd = -1;
+    CutOnStop(-1);
     if (from->kind == QemuEndpoint::kUnix) ::unlink(from->path.c_str());
-    if (g_send_signal != 0) {
-      spdlog::error("cancelled on {} before QEMU connected", SignalName());
+    if (StopSignal() != 0) {
+      spdlog::error("cancelled on {} before QEMU connected", StopSignalName());
       return 1;
     }
     if (!conn.ok()) {
@@ -131,7 +116,7 @@ int RunSend(const SendArgs& a) {
       return 1;
     }
     qemu = std::move(conn).value();
-    g_send_cut_fd = qemu.get();
+    CutOnStop(qemu.get());
   }
   endpoint::SourceStreamOptions opts;
   opts.destination = *dest;
@@ -154,12 +139,12 @@ int RunSend(const SendArgs& a) {
                  FormatBytes(double(bytes)).c_str());
   };
   auto r = endpoint::RunSourceStream(qemu.get(), opts);
-  g_send_cut_fd = -1;
+  CutOnStop(-1);
   qemu.reset();  // on failure this fails the source migration; the guest keeps running
   if (!r.ok()) {
     std::string error = r.status().ToString();
-    if (g_send_signal != 0) {
-      error = "cancelled on " + SignalName() +
+    if (StopSignal() != 0) {
+      error = std::string("cancelled on ") + StopSignalName() +
               " (QEMU's stream cut: the source migration fails, the guest keeps running): " + error;
     }
     spdlog::error("migration stream failed: {}", error);
@@ -247,7 +232,7 @@ int RunReceive(const ReceiveArgs& a) {
   endpoint::DestinationStreamOptions opts;
   opts.key = *key;
   opts.on_refused = [](const Status& s) { spdlog::warn("refused a source: {}", s.message()); };
-  std::map<std::string, endpoint::MappedFile> ram_files;
+  std::map<std::string, MappedMemory> ram_files;
   if (a.mode == "direct") {
     opts.mode = endpoint::DestinationStreamOptions::Mode::kDirect;
     if (a.ram_files.empty()) {
@@ -255,17 +240,17 @@ int RunReceive(const ReceiveArgs& a) {
       return 2;
     }
     for (const std::string& spec : a.ram_files) {
-      size_t eq = spec.find('=');
-      if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size()) {
-        spdlog::error("bad --ram-file '{}': want BLOCK=PATH", spec);
+      auto bp = ParseBlockPath(spec);
+      if (!bp.ok()) {
+        spdlog::error("--ram-file: {}", bp.status().message());
         return 2;
       }
-      auto m = endpoint::MappedFile::Open(spec.substr(eq + 1));
+      auto m = MappedMemory::SharedFile(bp->path);
       if (!m.ok()) {
         spdlog::error("{}", m.status().ToString());
         return 1;
       }
-      ram_files.emplace(spec.substr(0, eq), std::move(m).value());
+      ram_files.emplace(bp->block, std::move(m).value());
     }
     opts.ram_files = &ram_files;
   } else if (a.mode != "staged") {

@@ -10,7 +10,7 @@
 #include "control/proto/session.pb.h"
 #include "control/session/auth.h"
 #include "transfer/fault.h"
-#include "transfer/rdma/rdma_transport.h"
+#include "transfer/rdma_lanes.h"
 #include "transfer/tcp/tcp_lanes.h"
 #include "transfer/tcp/tcp_transport.h"
 
@@ -145,9 +145,9 @@ Result<std::unique_ptr<SourceSession>> SourceSession::Connect(const HostPort& co
       remote.push_back(RemoteRegion{r.id(), r.addr(), r.rkey(), r.length()});
     }
     const std::string host = acc.rdma().host().empty() ? control.host : acc.rdma().host();
-    Result<std::unique_ptr<RdmaTransport>> rdma =
-        RdmaTransport::Connect(host, static_cast<uint16_t>(acc.rdma().port()), s->session_id_,
-                               options.lanes, std::move(remote), kRdmaConnectTimeout);
+    Result<std::unique_ptr<Transport>> rdma =
+        ConnectRdmaLanes(host, static_cast<uint16_t>(acc.rdma().port()), s->session_id_,
+                         options.lanes, std::move(remote), kRdmaConnectTimeout);
     if (!rdma.ok()) {
       pb::SourceMessage failed;
       failed.mutable_rdma_failed()->set_reason(rdma.status().ToString());
@@ -408,8 +408,8 @@ Result<std::unique_ptr<DestinationSession>> DestinationListener::Accept(
 
   std::string note;
   if (rdma) {
-    Result<std::unique_ptr<RdmaReceiver>> rx =
-        RdmaReceiver::Listen(options.rdma_ip, d->regions_.get());
+    Result<std::unique_ptr<RdmaLanesListener>> rx =
+        ListenRdmaLanes(options.rdma_ip, d->regions_.get());
     if (rx.ok()) {
       acc->set_transport(pb::TRANSPORT_RDMA);
       acc->mutable_rdma()->set_host(options.rdma_ip);

@@ -17,9 +17,13 @@ UUIDs and cgroup trees) run a TCG domain booting the built-in guest with file-ba
 4. B -> A (driven from B) over a link held to 40 MiB/s: the guest dirties faster than that, so the
    controller throttles through libvirt's vCPU quota; the blackout is measured from libvirt's
    events; A's vCPU quota is its own again (unlimited).
-5. A -> B with the stream cut right after a well-formed QEMU_VM_EOF byte (RDMIG_FAULT=early-eof):
-   exit 1, the report names A as where the domain runs, nothing runs on B; then the guest's check
-   passes on A.
+5. A -> B four times, hurt by RDMIG_FAULT hooks that can make a destination QEMU believe it is done
+   (the stream cut after an early EOF byte, at a record boundary, inside the device-state tail; a
+   page lost on a lane): each exits 1, the report names A as where the domain runs, nothing runs on
+   B, the heartbeat goes on.
+6. A -> B with B's agent failing 2 s after B's QEMU loaded the whole stream and said SHUT
+   (RDMIG_FAULT=fail-after-load:2000): rdmig holds that SHUT, so A's QEMU fails its migration and
+   libvirt resumes nothing on B: exit 1, the domain runs on A; then the guest's check passes on A.
 
     libvirt_migrate_test.py RDMIG GUEST_DIR"""
 import json
@@ -34,6 +38,11 @@ import libvirt_hosts as L  # noqa: E402
 import rdmig_testlib as t  # noqa: E402  (libvirt_hosts puts tests/lib on the path)
 
 NAME = "rdmig-lv"
+# Case 5: RDMIG_FAULT values for `rdmig migrate --domain`, and what its error must say.
+LIBVIRT_FAULTS = [("early-eof:16000000", "early-eof"),
+                  ("cut-stream:0:16000000", "before QEMU's end of stream (between sections"),
+                  ("cut-stream:1:200", "before QEMU's end of stream (device state tail"),
+                  ("tcp-drop-page:1:3000", "lane 1 landed")]
 
 
 def check(cond, what):
@@ -42,12 +51,14 @@ def check(cond, what):
     print("ok:", what, flush=True)
 
 
-def start_agent(host, rdmig, root, key):
+def start_agent(host, rdmig, root, key, fault=None):
+    """`rdmig agent` on `host`; `fault`: its RDMIG_FAULT (a test-only hook)."""
     port = t.free_port()
-    log = f"{root}/agent-{host.name}.log"
+    log = f"{root}/agent-{host.name}{'-fault' if fault else ''}.log"
     proc = host.popen([rdmig, "agent", "--listen", f"127.0.0.1:{port}", "--transport", "tcp",
                        "--key-file", key, "--log-json", f"{root}/agent-{host.name}.jsonl"],
-                      stdout=open(log, "w"), stderr=subprocess.STDOUT)
+                      stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                      env=dict(os.environ, RDMIG_FAULT=fault) if fault else None)
     deadline = time.monotonic() + 20
     while "listening on" not in open(log).read():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -222,26 +233,51 @@ def main(rdmig, guest_dir):
                 time.sleep(0.1)  # polling interval for the serial log
             check(True, "the guest's heartbeat goes on on A")
 
-            # 5. A -> B with the stream cut right after a well-formed QEMU_VM_EOF byte (test-only
-            # RDMIG_FAULT=early-eof): a destination QEMU can take it for its end of stream. rdmig's
-            # failure reaches libvirt before its Finish phase resumes anything: the domain runs on
-            # A only, the report names A, and B has nothing.
-            m = migrate(a, b, rdmig, port_b, key, f"{root}/m3.json",
-                        env=dict(os.environ, RDMIG_FAULT="early-eof:16000000"))
-            r3 = json.load(open(f"{root}/m3.json"))
-            check(m.returncode == 1 and "early-eof" in m.stderr,
-                  f"early-eof: rdmig migrate exits {m.returncode}: "
+            # 5. A -> B hurt by test-only RDMIG_FAULT hooks that can make a destination QEMU
+            # believe it is done: the stream cut right after a well-formed QEMU_VM_EOF byte, at a
+            # record boundary, inside the device-state tail, and a page lost on a lane. rdmig's
+            # failure reaches libvirt before its Finish phase resumes anything: each time the
+            # domain runs on A only, the report names A, and nothing runs on B.
+            for fault, says in LIBVIRT_FAULTS:
+                out = f"{root}/m-{fault.split(':')[0]}.json"
+                m = migrate(a, b, rdmig, port_b, key, out, env=dict(os.environ, RDMIG_FAULT=fault))
+                r3 = json.load(open(out))
+                check(m.returncode == 1 and says in m.stderr,
+                      f"{fault}: rdmig migrate exits {m.returncode}: "
+                      f"{m.stderr.strip().splitlines()[-1][:300]}")
+                check(r3["guest_runs"] == "source" and r3["domain_runs_on"] == a.uri,
+                      f"{fault}: the report says the domain runs on {r3.get('domain_runs_on')} "
+                      f"(source {r3.get('source_state')}, destination {r3.get('destination_state')})")
+                check(a.domstate(NAME).startswith("running"), f"{fault}: A: {a.domstate(NAME)}")
+                # B keeps the inactive definition of case 3's persistent migration, nothing runs.
+                check(NAME not in b.domains() and b.domstate(NAME).startswith("shut off"),
+                      f"{fault}: nothing runs on B: {b.domstate(NAME)}")
+                seen = len(open(a_log, "rb").read())
+                t.wait_until(f"a heartbeat on A after {fault}",
+                             lambda: b"HB t=" in open(a_log, "rb").read()[seen:], 30)
+            # 6. B's agent fails 2 s after B's QEMU loaded the whole stream and said SHUT
+            # (RDMIG_FAULT=fail-after-load:2000, a slow check that fails): only rdmig's hold on that
+            # SHUT keeps A's QEMU, and so libvirt, from completing the migration and resuming the
+            # domain on B meanwhile.
+            agent_b.kill()
+            agent_b.wait()
+            agent_f, port_f, log_f = start_agent(b, rdmig, root, key, fault="fail-after-load:2000")
+            agents.append(agent_f)
+            m = migrate(a, b, rdmig, port_f, key, f"{root}/m-after-load.json")
+            r4 = json.load(open(f"{root}/m-after-load.json"))
+            check(m.returncode == 1 and "fail-after-load" in m.stderr,
+                  f"fail-after-load: rdmig migrate exits {m.returncode}: "
                   f"{m.stderr.strip().splitlines()[-1][:300]}")
-            check(r3["guest_runs"] == "source" and r3["domain_runs_on"] == a.uri,
-                  f"the report says the domain runs on {r3.get('domain_runs_on')} "
-                  f"(source {r3.get('source_state')}, destination {r3.get('destination_state')})")
-            check(a.domstate(NAME).startswith("running"), f"A: {a.domstate(NAME)}")
-            # B keeps the inactive definition of case 3's persistent migration, nothing running.
-            check(NAME not in b.domains() and b.domstate(NAME).startswith("shut off"),
-                  f"nothing runs on B: {b.domstate(NAME)}")
+            check("SHUT passed on" in open(log_f).read(), "B's QEMU had loaded and said SHUT")
+            check(r4["guest_runs"] == "source" and r4["domain_runs_on"] == a.uri
+                  and a.domstate(NAME).startswith("running"),
+                  f"fail-after-load: the domain runs on {r4.get('domain_runs_on')} "
+                  f"(A: {a.domstate(NAME)}, B: {b.domstate(NAME)})")
+            check(NAME not in b.domains(), f"nothing runs on B: {b.domstate(NAME)}")
             seen = len(open(a_log, "rb").read())
-            t.wait_until("a heartbeat on A after the failed migration",
+            t.wait_until("a heartbeat on A after fail-after-load",
                          lambda: b"HB t=" in open(a_log, "rb").read()[seen:], 30)
+
             con = L.console(a, NAME)
             con.send("verify\n")
             try:

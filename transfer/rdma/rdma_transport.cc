@@ -79,7 +79,7 @@ Result<std::unique_ptr<RdmaReceiver>> RdmaReceiver::Listen(const std::string& ip
   RDMIG_ASSIGN_OR_RETURN(r->comp_channel_, verbs::CreateCompletionChannel(ctx));
   RDMIG_ASSIGN_OR_RETURN(r->recv_cq_,
                          verbs::CreateCq(ctx, kRdmaRecvDepth * kMaxLanes, r->comp_channel_.get()));
-  RDMIG_ASSIGN_OR_RETURN(r->send_cq_, verbs::CreateCq(ctx, 16, nullptr));
+  RDMIG_ASSIGN_OR_RETURN(r->send_cq_, verbs::CreateCq(ctx, kRdmaIdleSendCq, nullptr));
   for (const Region& region : regions->regions()) {
     RDMIG_ASSIGN_OR_RETURN(verbs::MemoryRegion mr,
                            verbs::RegisterMemory(r->pd_.get(), region.base, region.length,
@@ -167,7 +167,7 @@ Status RdmaReceiver::AcceptLanes(uint32_t lanes, uint64_t session_id,
 }
 
 Status RdmaReceiver::HandleCompletions() {
-  std::array<ibv_wc, 16> wc;
+  std::array<ibv_wc, kRdmaPollBatch> wc;
   for (;;) {
     RDMIG_ASSIGN_OR_RETURN(int n, verbs::PollCq(recv_cq_.get(), wc));
     if (n == 0) return Status::Ok();
@@ -284,7 +284,7 @@ Result<std::unique_ptr<RdmaTransport>> RdmaTransport::Connect(const std::string&
                                                                 t->zero_page_.size(), 0));
     }
     RDMIG_ASSIGN_OR_RETURN(verbs::CompletionQueue cq,
-                           verbs::CreateCq(ctx, kRdmaSendDepth + 8, t->comp_channel_.get()));
+                           verbs::CreateCq(ctx, kRdmaSendDepth + kRdmaCqSlack, t->comp_channel_.get()));
     RDMIG_RETURN_IF_ERROR(verbs::CreateRcQp(id.get(), t->pd_.get(), cq.get(), cq.get(),
                                             {kRdmaSendDepth, 1, kRdmaMaxSge, kInline}));
     PrivateData pd{kPrivateMagic, static_cast<uint16_t>(i), static_cast<uint16_t>(lanes),
@@ -321,7 +321,7 @@ Status RdmaTransport::RegisterSource(std::span<const std::byte> memory) {
 
 Status RdmaTransport::Reap(Lane& lane, std::chrono::milliseconds timeout) {
   const auto deadline = Clock::now() + timeout;
-  std::array<ibv_wc, 16> wc;
+  std::array<ibv_wc, kRdmaPollBatch> wc;
   for (;;) {
     RDMIG_ASSIGN_OR_RETURN(int n, verbs::PollCq(lane.cq, wc));
     if (n == 0) {
@@ -515,6 +515,22 @@ Status RdmaTransport::Finish() {
   }
   finished_ = true;
   return Status::Ok();
+}
+
+Result<std::unique_ptr<RdmaLanesListener>> ListenRdmaLanes(const std::string& ip,
+                                                           const RegionRegistry* regions) {
+  RDMIG_ASSIGN_OR_RETURN(std::unique_ptr<RdmaReceiver> rx, RdmaReceiver::Listen(ip, regions));
+  return std::unique_ptr<RdmaLanesListener>(std::move(rx));
+}
+
+Result<std::unique_ptr<Transport>> ConnectRdmaLanes(const std::string& ip, uint16_t port,
+                                                    uint64_t session_id, uint32_t lanes,
+                                                    std::vector<RemoteRegion> remote,
+                                                    std::chrono::milliseconds timeout) {
+  RDMIG_ASSIGN_OR_RETURN(std::unique_ptr<RdmaTransport> tx,
+                         RdmaTransport::Connect(ip, port, session_id, lanes, std::move(remote),
+                                                timeout));
+  return std::unique_ptr<Transport>(std::move(tx));
 }
 
 }  // namespace rdmig

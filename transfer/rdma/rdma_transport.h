@@ -16,28 +16,27 @@
 
 #include "transfer/lane_progress.h"
 #include "transfer/rdma/verbs/verbs.h"
+#include "transfer/rdma_lanes.h"
 #include "transfer/region.h"
 #include "transfer/thread_annotations.h"
 #include "transfer/transport.h"
 
 namespace rdmig {
 
-struct RemoteRegion {
-  uint32_t id = 0;
-  uint64_t addr = 0;
-  uint32_t rkey = 0;
-  uint64_t length = 0;
-};
-
 inline constexpr uint32_t kRdmaSendDepth = 256;   // work requests per queue pair
 inline constexpr uint32_t kRdmaSignalEvery = 32;  // an unsignaled run is at most this long
 inline constexpr uint32_t kRdmaRecvDepth = 64;    // watermark receives kept posted per lane
 inline constexpr uint32_t kRdmaMaxSge = 16;       // pages coalesced into one write
+inline constexpr uint32_t kRdmaSignalRing = 64;   // signaled requests outstanding per lane
+inline constexpr uint32_t kRdmaPollBatch = 16;    // completions taken per poll
+inline constexpr uint32_t kRdmaCqSlack = 8;       // source CQ beyond the send depth: its receive, a margin
+inline constexpr uint32_t kRdmaIdleSendCq = 16;   // the destination posts no sends: a token CQ
 static_assert(kRdmaSignalEvery < kRdmaSendDepth, "a signaled request must fit the queue");
-static_assert(kRdmaSendDepth / kRdmaSignalEvery <= 64, "signal records fit their ring");
+static_assert(kRdmaSendDepth / kRdmaSignalEvery <= kRdmaSignalRing, "signal records fit their ring");
+static_assert(kRdmaPollBatch <= kRdmaSendDepth + kRdmaCqSlack, "a poll never asks beyond the CQ");
 
 // Destination. Thread-safety: thread-safe (a poller thread reads completions and cm events).
-class RdmaReceiver final : public Receiver {
+class RdmaReceiver final : public RdmaLanesListener {
  public:
   // Binds to the RDMA device that owns `ip` and registers every region of `regions` (which must
   // outlive this) for remote write. Then hand remote_regions() and port() to the source and call
@@ -46,10 +45,10 @@ class RdmaReceiver final : public Receiver {
                                                       const RegionRegistry* regions);
   ~RdmaReceiver() override;
 
-  uint16_t port() const { return port_; }
-  std::vector<RemoteRegion> remote_regions() const;
-  // Accepts `lanes` connections whose private data carries `session_id`, then starts landing.
-  Status AcceptLanes(uint32_t lanes, uint64_t session_id, std::chrono::milliseconds timeout);
+  uint16_t port() const override { return port_; }
+  std::vector<RemoteRegion> remote_regions() const override;
+  Status AcceptLanes(uint32_t lanes, uint64_t session_id,
+                     std::chrono::milliseconds timeout) override;
 
   const Capabilities& capabilities() const override { return caps_; }
   Status WaitWatermark(uint64_t mark, std::chrono::milliseconds timeout) override;
@@ -121,7 +120,7 @@ class RdmaTransport final : public Transport {
     uint64_t posted = 0;     // requests posted
     uint64_t completed = 0;  // requests known complete
     uint64_t since_signal = 0;
-    std::array<Signal, 64> signals;  // ring of outstanding signaled requests
+    std::array<Signal, kRdmaSignalRing> signals;  // ring of outstanding signaled requests
     uint32_t sig_head = 0, sig_count = 0;
     uint64_t completed_tag = 0;
     uint64_t last_tag = 0;  // the newest batch that put a request on this lane

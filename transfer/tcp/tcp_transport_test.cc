@@ -11,7 +11,6 @@
 #include <thread>
 
 #include "transfer/tcp/tcp_lanes.h"
-#include "transfer/testing/alloc_counter.h"
 #include "transfer/testing/loopback.h"
 
 namespace rdmig {
@@ -255,45 +254,6 @@ TEST(TcpLanes, MissingLanesTimeOutWithAClearError) {
   EXPECT_EQ(lanes.status().code(), Code::kTimeout);
   EXPECT_NE(lanes.status().message().find("rejected 1 connection"), std::string::npos)
       << lanes.status().ToString();
-}
-
-// The hot paths, sender and receiver, allocate nothing per page once running.
-TEST(TcpTransport, NoHeapAllocationPerPage) {
-  constexpr uint64_t kPages = 4096;  // 16 MiB
-  AnonMemory src(kPages * 4096), dst(kPages * 4096);
-  testing::FillPattern(src.data(), src.size(), 3, 0);
-  RegionRegistry regions;
-  ASSERT_TRUE(regions.Add(0, "ram", dst.data(), dst.size()).ok());
-  auto fds = LoopbackTcpLanes(4);
-  ASSERT_TRUE(fds.ok());
-  auto rx = TcpReceiver::Start(std::move(fds->destination), &regions);
-  auto tx = TcpTransport::Create(std::move(fds->source));
-  ASSERT_TRUE(rx.ok() && tx.ok());
-  std::vector<PageWrite> batch(64);
-  uint64_t tag = 0, mark = 0;
-  auto send_all = [&] {
-    for (uint64_t p = 0; p < kPages; p += batch.size()) {
-      for (uint64_t i = 0; i < batch.size(); ++i) {
-        batch[i] = {src.data() + (p + i) * 4096, (p + i) * 4096, 4096, 0};
-      }
-      ASSERT_TRUE((*tx)->Post(batch, ++tag).ok());
-    }
-    ASSERT_TRUE((*tx)->WaitCompleted(tag, seconds(10)).ok());
-    ASSERT_TRUE((*tx)->PostWatermark(++mark).ok());
-    ASSERT_TRUE((*rx)->WaitWatermark(mark, seconds(30)).ok());
-  };
-  send_all();  // warm-up
-  {            // The counter sees allocations at all (the replaced operator new is linked in).
-    const uint64_t c0 = testing::AllocationCount();
-    int* volatile probe = new int(1);
-    delete probe;
-    ASSERT_GT(testing::AllocationCount(), c0);
-  }
-  const uint64_t before = testing::AllocationCount();
-  for (int round = 0; round < 4; ++round) send_all();
-  const uint64_t allocations = testing::AllocationCount() - before;
-  EXPECT_EQ(allocations, 0u) << allocations << " allocations for " << 4 * kPages << " pages";
-  EXPECT_EQ(std::memcmp(src.data(), dst.data(), src.size()), 0);
 }
 
 }  // namespace

@@ -4,28 +4,24 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <utility>
 #include <vector>
 
+#include "transfer/memory.h"
 #include "transfer/net/socket.h"
+#include "transfer/pattern.h"
 
 namespace rdmig::testing {
 
-// Anonymous private memory, zero-filled and populated at construction, unmapped on destruction.
+// Anonymous private memory, zero-filled and populated at construction (MappedMemory); throws
+// std::bad_alloc when it cannot be mapped (tests and benchmarks only).
 class AnonMemory {
  public:
   explicit AnonMemory(size_t len);
-  AnonMemory(AnonMemory&& o) noexcept
-      : p_(std::exchange(o.p_, nullptr)), len_(std::exchange(o.len_, 0)) {}
-  AnonMemory(const AnonMemory&) = delete;
-  AnonMemory& operator=(const AnonMemory&) = delete;
-  ~AnonMemory();
-  std::byte* data() const { return p_; }
-  size_t size() const { return len_; }
+  std::byte* data() const { return m_.data(); }
+  size_t size() const { return m_.size(); }
 
  private:
-  std::byte* p_ = nullptr;
-  size_t len_ = 0;
+  MappedMemory m_;
 };
 
 struct LanePair {
@@ -35,9 +31,7 @@ struct LanePair {
 // `lanes` TCP lanes over 127.0.0.1 for session `session_id`.
 Result<LanePair> LoopbackTcpLanes(uint32_t lanes, uint64_t session_id = 42);
 
-// Fills `len` bytes with a pattern derived from (seed, index); deterministic and fast.
-void FillPattern(std::byte* p, size_t len, uint64_t seed, uint64_t index);
-// True when `p` holds FillPattern(seed, index).
-bool CheckPattern(const std::byte* p, size_t len, uint64_t seed, uint64_t index);
+using rdmig::CheckPattern;  // transfer/pattern.h
+using rdmig::FillPattern;
 
 }  // namespace rdmig::testing
