@@ -281,6 +281,63 @@ Status CheckSwitchover(const Result<endpoint::SourceStreamReport>& engine) {
   return Status::Ok();
 }
 
+// Both QEMUs' migration capabilities: events always; through rdmig, QEMU's return path (as
+// libvirt sets it), so the source QEMU completes only once the destination QEMU has loaded
+// everything and said so, and a failure after the source's last byte fails the source migration
+// (the guest runs on) instead of leaving it in postmigrate. --native: auto-converge as asked.
+Status SetCapabilities(const MigrateArgs& a, QmpClient& src, QmpClient& dst) {
+  const bool rdmig = a.native.empty();
+  json caps = json::array({{{"capability", "events"}, {"state", true}}});
+  if (rdmig) caps.push_back({{"capability", "return-path"}, {"state", true}});
+  for (QmpClient* q : {&src, &dst}) {
+    json c = caps;
+    if (q == &src && !rdmig) {
+      c.push_back({{"capability", "auto-converge"}, {"state", a.auto_converge}});
+    }
+    if (auto r = q->Execute("migrate-set-capabilities", {{"capabilities", c}}); !r.ok()) {
+      return r.status().Annotate(q->path());
+    }
+  }
+  return Status::Ok();
+}
+
+// The destination's incoming URI (--dest-incoming) and the source's downtime limit and bandwidth:
+// through rdmig the link's limit is the engine's, so QEMU's own is lifted.
+Status SetMigrationParameters(const MigrateArgs& a, const Limits& lim, double downtime_limit_ms,
+                              QmpClient& src, QmpClient& dst) {
+  if (!a.dest_incoming.empty()) {
+    if (auto r = dst.Execute("migrate-incoming", {{"uri", a.dest_incoming}}); !r.ok()) {
+      return r.status().Annotate("destination migrate-incoming");
+    }
+  }
+  const uint64_t qemu_bandwidth = (a.native.empty() || lim.bandwidth == 0)
+                                      ? kUnlimitedQemuBandwidth
+                                      : static_cast<uint64_t>(lim.bandwidth);
+  json params = {{"downtime-limit", std::llround(downtime_limit_ms)},
+                 {"max-bandwidth", qemu_bandwidth}};
+  if (auto r = src.Execute("migrate-set-parameters", params); !r.ok()) {
+    return r.status().Annotate("source migrate-set-parameters");
+  }
+  return Status::Ok();
+}
+
+// The source endpoint on its own thread, listening on the unix socket `sock` the source QEMU
+// migrates to, with the options of the command line.
+Result<std::unique_ptr<SourceEndpointThread>> StartSourceEndpoint(
+    const MigrateArgs& a, const Limits& lim, const std::string& sock,
+    const std::map<std::string, MappedMemory>* verify_files, endpoint::SourceStreamStats* stats) {
+  RDMIG_ASSIGN_OR_RETURN(HostPort to, ParseHostPort(a.to));
+  RDMIG_ASSIGN_OR_RETURN(Fd listener, ListenUnix(sock));
+  RDMIG_ASSIGN_OR_RETURN(endpoint::SourceStreamOptions opts, SourceOptions(a, lim, to, stats));
+  opts.verify_files = verify_files;
+  if (!a.dest_socket.empty()) {
+    opts.target.qemu_socket = a.dest_socket;
+    opts.target.mode = a.dest_ram_files.empty() ? "staged" : "direct";
+    opts.target.ram_files = a.dest_ram_files;
+  }
+  return std::make_unique<SourceEndpointThread>(std::move(listener), opts);
+}
+
 // The source guest's shared RAM files, mapped, by RAM block name (for --verify).
 Status OpenSourceRam(QmpClient& src, std::map<std::string, MappedMemory>* out) {
   RDMIG_ASSIGN_OR_RETURN(auto files, qmp::SharedRamFiles(src));
@@ -327,19 +384,8 @@ int RunMigrate(const MigrateArgs& a) {
   auto dst = QmpClient::Connect(a.dest_qmp, std::chrono::seconds(10));
   if (!dst.ok()) return Fail(a, "destination QMP", dst.status());
 
-  json caps = json::array({{{"capability", "events"}, {"state", true}}});
-  // Through rdmig, QEMU's return path is on (as libvirt sets it): the source QEMU then completes
-  // only once the destination QEMU has loaded everything and said so, and a failure after the
-  // source's last byte (a destination endpoint or QEMU lost at the very end) fails the source
-  // migration and the source guest runs on, instead of staying paused in postmigrate.
-  if (rdmig) caps.push_back({{"capability", "return-path"}, {"state", true}});
-  for (QmpClient* q : {&*src, &*dst}) {
-    json c = caps;
-    if (q == &*src && !rdmig)
-      c.push_back({{"capability", "auto-converge"}, {"state", a.auto_converge}});
-    if (auto r = q->Execute("migrate-set-capabilities", {{"capabilities", c}}); !r.ok()) {
-      return Fail(a, "setting migration capabilities on " + q->path(), r.status());
-    }
+  if (Status set = SetCapabilities(a, *src, *dst); !set.ok()) {
+    return Fail(a, "setting migration capabilities", set);
   }
   std::unique_ptr<convergence::ThrottleActuator> actuator;
   std::string actuator_note;
@@ -351,21 +397,11 @@ int RunMigrate(const MigrateArgs& a) {
       return Fail(a, "vCPU throttle (" + actuator->name() + ")", s);
     }
   }
-  if (!a.dest_incoming.empty()) {
-    if (auto r = dst->Execute("migrate-incoming", {{"uri", a.dest_incoming}}); !r.ok()) {
-      return Fail(a, "destination migrate-incoming", r.status());
-    }
-  }
   // rdmig: QEMU switches over when what remains fits the budget less the fixed costs, with a
   // margin; the link's limit is the engine's. Native: the budget as it is, and QEMU's own limit.
   const double downtime_limit_ms = rdmig ? controller.DowntimeLimitSeconds() * 1000 : lim.budget_ms;
-  const uint64_t qemu_bandwidth = (rdmig || lim.bandwidth == 0)
-                                      ? kUnlimitedQemuBandwidth
-                                      : static_cast<uint64_t>(lim.bandwidth);
-  json params = {{"downtime-limit", std::llround(downtime_limit_ms)},
-                 {"max-bandwidth", qemu_bandwidth}};
-  if (auto r = src->Execute("migrate-set-parameters", params); !r.ok()) {
-    return Fail(a, "source migrate-set-parameters", r.status());
+  if (Status set = SetMigrationParameters(a, lim, downtime_limit_ms, *src, *dst); !set.ok()) {
+    return Fail(a, "setting up the migration in QEMU", set);
   }
 
   // --verify reads the source guest's final RAM from its shared RAM files (mapped now, outside
@@ -383,24 +419,14 @@ int RunMigrate(const MigrateArgs& a) {
   std::string uri = a.native;
   std::filesystem::path dir;
   if (rdmig) {
-    auto to = ParseHostPort(a.to);
-    if (!to.ok()) return Fail(a, "--to", to.status());
     dir = std::filesystem::temp_directory_path() / ("rdmig-migrate-" + std::to_string(getpid()));
     std::filesystem::create_directories(dir);
     const std::string sock = (dir / "source.sock").string();
-    auto listener = ListenUnix(sock);
-    if (!listener.ok()) return Fail(a, "source endpoint", listener.status());
-    auto made = SourceOptions(a, lim, *to, &stream_stats);
-    if (!made.ok()) return Fail(a, "--transport", made.status());
-    endpoint::SourceStreamOptions opts = std::move(made).value();
-    if (a.verify) opts.verify_files = &verify_files;
-    if (!a.dest_socket.empty()) {
-      opts.target.qemu_socket = a.dest_socket;
-      opts.target.mode = a.dest_ram_files.empty() ? "staged" : "direct";
-      opts.target.ram_files = a.dest_ram_files;
-    }
-    endpoint = std::make_unique<SourceEndpointThread>(std::move(listener).value(), opts);
     uri = "unix:" + sock;
+    auto started =
+        StartSourceEndpoint(a, lim, sock, a.verify ? &verify_files : nullptr, &stream_stats);
+    if (!started.ok()) return Fail(a, "source endpoint", started.status());
+    endpoint = std::move(started).value();
   }
   struct DirCleanup {
     std::filesystem::path p;
