@@ -67,7 +67,8 @@ Result<VerifyReport> VerifyLandedRam(session::SourceSession& session,
   for (const auto& [block, file] : blocks) {
     const uint64_t pages = block.length / kVerifyPageBytes;
     std::vector<uint64_t> here;
-    std::thread hash([&here, file, pages] { here = PageDigests(file->data(), pages); });
+    const MappedMemory* source = file;  // a structured binding cannot be captured before C++20
+    std::thread hash([&here, source, pages] { here = PageDigests(source->data(), pages); });
     Result<std::vector<uint64_t>> there =
         session.FetchDigests(block.id, kVerifyPageBytes, pages, timeout);
     hash.join();

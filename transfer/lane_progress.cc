@@ -8,7 +8,7 @@ LaneProgress::LaneProgress(std::string transport, uint32_t lanes)
     : transport_(std::move(transport)), watermarks_(lanes, 0), ended_(lanes, false) {}
 
 Status LaneProgress::SetWatermark(uint32_t lane, uint64_t mark) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   if (mark <= watermarks_[lane]) {
     return Error(Code::kProtocol,
                  "watermark " + std::to_string(mark) + " does not exceed the previous one");
@@ -19,19 +19,19 @@ Status LaneProgress::SetWatermark(uint32_t lane, uint64_t mark) {
 }
 
 void LaneProgress::SetEnded(uint32_t lane) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   if (!ended_[lane]) ++ended_count_;
   ended_[lane] = true;
   cv_.notify_all();
 }
 
 bool LaneProgress::Ended(uint32_t lane) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   return ended_[lane];
 }
 
 bool LaneProgress::Fail(Status s) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   cv_.notify_all();
   if (!error_.ok()) return false;
   error_ = std::move(s);
@@ -39,7 +39,7 @@ bool LaneProgress::Fail(Status s) {
 }
 
 bool LaneProgress::Abort() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   if (aborted_) return false;
   aborted_ = true;
   if (error_.ok() && ended_count_ < ended_.size()) {
@@ -50,7 +50,7 @@ bool LaneProgress::Abort() {
 }
 
 bool LaneProgress::aborted() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   return aborted_;
 }
 
@@ -59,19 +59,18 @@ uint64_t LaneProgress::LandedLocked() const {
 }
 
 uint64_t LaneProgress::Landed() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   return LandedLocked();
 }
 
 uint64_t LaneProgress::Watermark(uint32_t lane) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   return watermarks_[lane];
 }
 
 Status LaneProgress::WaitWatermark(uint64_t mark, std::chrono::milliseconds timeout) const {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, timeout,
-               [&]() REQUIRES(mu_) { return !error_.ok() || LandedLocked() >= mark; });
+  MutexLock lock(mu_);
+  lock.WaitFor(cv_, timeout, [&]() REQUIRES(mu_) { return !error_.ok() || LandedLocked() >= mark; });
   if (LandedLocked() >= mark) return Status::Ok();
   if (!error_.ok()) return error_;
   return Error(Code::kTimeout, transport_ + " receiver: watermark " + std::to_string(mark) +
@@ -80,8 +79,8 @@ Status LaneProgress::WaitWatermark(uint64_t mark, std::chrono::milliseconds time
 }
 
 Status LaneProgress::WaitFinished(std::chrono::milliseconds timeout) const {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, timeout,
+  MutexLock lock(mu_);
+  lock.WaitFor(cv_, timeout,
                [&]() REQUIRES(mu_) { return !error_.ok() || ended_count_ == ended_.size(); });
   if (ended_count_ == ended_.size()) return Status::Ok();
   if (!error_.ok()) return error_;

@@ -6,7 +6,6 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -40,7 +39,7 @@ class LaneProgress {
   uint64_t LandedLocked() const REQUIRES(mu_);
 
   const std::string transport_;
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   mutable std::condition_variable cv_;
   std::vector<uint64_t> watermarks_ GUARDED_BY(mu_);
   std::vector<bool> ended_ GUARDED_BY(mu_);

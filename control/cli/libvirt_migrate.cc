@@ -22,6 +22,7 @@
 #include "control/libvirt/libvirt_client.h"
 #include "control/libvirt/quota_actuator.h"
 #include "control/session/auth.h"
+#include "transfer/thread_annotations.h"
 
 namespace rdmig::cli {
 
@@ -38,45 +39,46 @@ class LibvirtSourceMonitor : public SourceMonitor {
 
   void OnSourceEvent(lv::Lifecycle kind, double t) {
     if (kind != lv::Lifecycle::kSuspendedForMigration) return;
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     if (!stop_) stop_ = t;
   }
   void OnDestinationEvent(lv::Lifecycle kind, double t) {
     if (kind != lv::Lifecycle::kResumedAfterMigration) return;
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     if (!resume_) resume_ = t;
     cv_.notify_all();
   }
   void OnMigrationDone(Status s) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     done_ = std::move(s);
     done_time_ = WallNow();
     cv_.notify_all();
   }
   std::optional<double> WaitResume(std::chrono::milliseconds wait) {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait_for(lock, wait, [&] { return resume_.has_value(); });
+    MutexLock lock(mu_);
+    lock.WaitFor(cv_, wait, [&]() REQUIRES(mu_) { return resume_.has_value(); });
     return resume_;
   }
   std::optional<Status> done() {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     return done_;
   }
   double done_time() {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     return done_time_;
   }
 
   std::optional<std::string> WaitStatus(std::chrono::milliseconds wait) override {
-    std::unique_lock<std::mutex> lock(mu_);
-    if (!cv_.wait_for(lock, wait, [&] { return done_.has_value() && !reported_done_; })) {
+    MutexLock lock(mu_);
+    if (!lock.WaitFor(cv_, wait,
+                      [&]() REQUIRES(mu_) { return done_.has_value() && !reported_done_; })) {
       return std::nullopt;
     }
     reported_done_ = true;
     return std::string(done_->ok() ? "completed" : aborted_ ? "cancelled" : "failed");
   }
   std::optional<double> TakeStop() override {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     return stop_;
   }
   Result<json> QueryMigrate(std::chrono::milliseconds) override {
@@ -101,13 +103,13 @@ class LibvirtSourceMonitor : public SourceMonitor {
 
  private:
   const lv::Domain* dom_;
-  std::mutex mu_;
+  Mutex mu_;
   std::condition_variable cv_;
-  std::optional<double> stop_;
-  std::optional<double> resume_;
-  std::optional<Status> done_;
-  double done_time_ = 0;
-  bool reported_done_ = false;
+  std::optional<double> stop_ GUARDED_BY(mu_);
+  std::optional<double> resume_ GUARDED_BY(mu_);
+  std::optional<Status> done_ GUARDED_BY(mu_);
+  double done_time_ GUARDED_BY(mu_) = 0;
+  bool reported_done_ GUARDED_BY(mu_) = false;
   std::atomic<bool> aborted_{false};
   json last_ = json::object();
 };

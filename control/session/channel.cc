@@ -19,7 +19,7 @@ Status ControlChannel::Send(const google::protobuf::MessageLite& msg) {
   if (!msg.SerializeToArray(buf.data() + 4, static_cast<int>(size))) {
     return Error(Code::kInternal, "control message did not serialize");
   }
-  std::lock_guard<std::mutex> lock(*send_mu_);
+  MutexLock lock(*send_mu_);
   return SendAll(fd_.get(), buf.data(), buf.size(), "control channel to " + peer_);
 }
 

@@ -7,9 +7,9 @@
 
 #include <chrono>
 #include <memory>
-#include <mutex>
 
 #include "transfer/net/socket.h"
+#include "transfer/thread_annotations.h"
 
 namespace rdmig::session {
 
@@ -31,7 +31,9 @@ class ControlChannel {
  private:
   Fd fd_;
   std::string peer_;
-  std::unique_ptr<std::mutex> send_mu_ = std::make_unique<std::mutex>();
+  // Serializes Send, so whole messages never interleave; fd_ itself is not guarded: one thread
+  // receives, and closing is the owner's (held in a pointer so the channel can move).
+  std::unique_ptr<Mutex> send_mu_ = std::make_unique<Mutex>();
 };
 
 }  // namespace rdmig::session

@@ -16,8 +16,6 @@
 
 namespace rdmig::session {
 
-namespace pb = rdmig::session::pb;
-
 const char* TransportName(TransportKind kind) {
   return kind == TransportKind::kRdma ? "rdma" : "tcp";
 }
