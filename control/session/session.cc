@@ -465,8 +465,8 @@ Status SourceSession::Explain(const Status& local, std::chrono::milliseconds wai
 namespace {
 
 // A digest request names a registered region, a page size dividing it, and a window inside it no
-// larger than one reply may hold (the peer chooses these numbers).
-Status CheckDigestRequest(const Region* r, const pb::DigestRequest& req) {
+// larger than one reply may hold (the peer chooses these numbers). Returns the window's page count.
+Result<uint64_t> DigestWindow(const Region* r, const pb::DigestRequest& req) {
   const uint64_t page = req.page_size();
   if (r == nullptr || page == 0 || r->length % page != 0) {
     return Error(Code::kInvalidArgument, "no region " + std::to_string(req.region()) +
@@ -483,7 +483,7 @@ Status CheckDigestRequest(const Region* r, const pb::DigestRequest& req) {
                                         std::to_string(pages) + " pages; at most " +
                                         std::to_string(kMaxDigestPages) + " per request)");
   }
-  return Status::Ok();
+  return count;
 }
 
 // Test-only (RDMIG_FAULT=corrupt-landed:REGION:PAGE): one byte of a page flipped after the lanes
@@ -596,13 +596,11 @@ Result<LandedReport> DestinationSession::Serve(std::chrono::milliseconds timeout
       out->set_region(id);
       const Region* r = regions_->Find(id);
       const pb::DigestRequest& req = msg.digest_request();
-      if (Status ok = CheckDigestRequest(r, req); !ok.ok()) {
-        out->set_error(ok.message());
+      if (Result<uint64_t> count = DigestWindow(r, req); !count.ok()) {
+        out->set_error(count.status().message());
       } else {
-        const uint64_t pages = r->length / page;
-        const uint64_t count = req.count() != 0 ? req.count() : pages - req.first_page();
-        out->mutable_page()->Reserve(static_cast<int>(count));
-        for (uint64_t p = req.first_page(); p < req.first_page() + count; ++p) {
+        out->mutable_page()->Reserve(static_cast<int>(*count));
+        for (uint64_t p = req.first_page(); p < req.first_page() + *count; ++p) {
           out->add_page(XXH3_64bits(r->base + p * page, page));
         }
       }
