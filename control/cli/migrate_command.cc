@@ -34,6 +34,9 @@ namespace {
 
 using qmp::QmpClient;
 
+// How long a failed source QEMU may stay in finish-migrate before rdmig judges where the guest runs.
+constexpr auto kSourceSettleTimeout = std::chrono::seconds(10);
+
 // QEMU's max-bandwidth when nothing should limit it (bytes/s).
 constexpr uint64_t kUnlimitedQemuBandwidth = 100ull << 30;
 
@@ -241,7 +244,14 @@ int FailOnSource(const MigrateArgs& a, QmpClient& src, QmpClient* dst, const std
     auto st = src.Execute("query-status", nullptr, std::chrono::seconds(5));
     return st.ok() ? st->value("status", "?") : "unreachable (" + st.status().message() + ")";
   };
+  // A source QEMU whose migration just failed may still be in finish-migrate: it restarts the guest
+  // by itself a moment later, and refuses `cont` until then ("Migration is not finalized yet").
   std::string source = status();
+  const auto settle_by = Clock::now() + kSourceSettleTimeout;
+  while (source == "finish-migrate" && Clock::now() < settle_by) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // polling interval
+    source = status();
+  }
   std::string resumed;
   if (source != "running" && source.rfind("unreachable", 0) != 0) {
     auto c = src.Execute("cont", nullptr, std::chrono::seconds(5));
