@@ -18,15 +18,11 @@
 
 namespace rdmig::endpoint {
 
-namespace pb = session::pb;
-
-namespace {
-
 // Carries what the destination QEMU writes back on its migration socket (its return path) to the
 // source, on a thread of its own, until QEMU closes its side or Stop(). Only sockets have one.
 class ReturnPathPump {
  public:
-  ReturnPathPump(int qemu_fd, session::DestinationSession* d) {
+  ReturnPathPump(int qemu_fd, link::DestinationLink* d) {
     struct stat st {};
     if (::fstat(qemu_fd, &st) != 0 || !S_ISSOCK(st.st_mode)) return;
     thread_ = std::thread([this, qemu_fd, d] {
@@ -71,6 +67,8 @@ class ReturnPathPump {
   std::atomic<uint64_t> forwarded_{0};
   std::thread thread_;
 };
+
+namespace {
 
 // RDMIG_FAULT=fail-after-load:MS (fault tests): the destination fails MS ms after its QEMU loaded
 // the whole stream and said SHUT, instead of answering Delivered, as a slow check that fails would:
@@ -129,128 +127,121 @@ Status DeliverEnd(int fd, std::vector<iovec>& iov, std::chrono::milliseconds tim
 
 }  // namespace
 
-Result<DestinationStreamReport> RunDestinationStream(session::DestinationListener& listener,
-                                                     const DestinationStreamOptions& options) {
-  using Mode = DestinationStreamOptions::Mode;
-  DestinationStreamReport report;
-  Mode mode = options.mode;
-  auto mode_name = [&] { return mode == Mode::kDirect ? "direct" : "staged"; };
-  report.mode = mode_name();
-  std::vector<MappedMemory> staging;  // private memory of the staged blocks
+Result<std::string> DestinationEndpoint::Prepare(const std::vector<link::RegionSpec>& offered,
+                                                 RegionRegistry* regions) {
+  report_.mode = ModeName(options_.mode);
+  report_.layout.clear();
+  for (const link::RegionSpec& r : offered) {
+    if (!report_.layout.empty()) report_.layout += ", ";
+    report_.layout += r.name + " " + std::to_string(r.length);
+    RDMIG_RETURN_IF_ERROR(options_.mode == Mode::kDirect ? PrepareDirect(r, regions)
+                                                          : PrepareStaged(r, regions));
+  }
+  if (options_.mode == Mode::kDirect && options_.ram_files != nullptr) {
+    for (const auto& [name, file] : *options_.ram_files) {
+      if (report_.layout.find(name + " ") == std::string::npos) {
+        return Error(Code::kInvalidArgument, "the source's guest has no RAM block '" + name +
+                                                 "' (its blocks: " + report_.layout + ")");
+      }
+    }
+  }
+  return report_.mode;
+}
 
-  auto prepare = [&](const std::vector<session::RegionSpec>& offered,
-                     RegionRegistry* regions) -> Status {
-    for (const session::RegionSpec& r : offered) {
-      if (!report.layout.empty()) report.layout += ", ";
-      report.layout += r.name + " " + std::to_string(r.length);
-      if (mode == Mode::kDirect) {
-        if (options.ram_files == nullptr ||
-            options.ram_files->find(r.name) == options.ram_files->end()) {
-          report.layout += " (stream)";
-          continue;
-        }
-        const auto it = options.ram_files->find(r.name);
-        if (it->second.size() < r.length) {
-          return Error(Code::kInvalidArgument, "RAM file " + it->second.path() + " has " +
-                                                   std::to_string(it->second.size()) +
-                                                   " bytes but the source's block '" + r.name +
-                                                   "' has " + std::to_string(r.length) +
-                                                   " (is it the right guest?)");
-        }
-        RDMIG_RETURN_IF_ERROR(regions->Add(r.id, r.name, it->second.data(), r.length));
-        report.layout += " (direct)";
-      } else {
-        Result<MappedMemory> st = MappedMemory::Anonymous(r.length, /*populate=*/false);
-        if (!st.ok()) return st.status().Annotate("staging for block '" + r.name + "'");
-        RDMIG_RETURN_IF_ERROR(regions->Add(r.id, r.name, st->data(), r.length));
-        staging.push_back(std::move(st).value());
-        report.layout += " (staged)";
-      }
-    }
-    if (mode == Mode::kDirect && options.ram_files != nullptr) {
-      for (const auto& [name, file] : *options.ram_files) {
-        if (report.layout.find(name + " ") == std::string::npos) {
-          return Error(Code::kInvalidArgument,
-                       "the source's guest has no RAM block '" + name + "' (its blocks: " +
-                           report.layout + ")");
-        }
-      }
-    }
+Status DestinationEndpoint::PrepareDirect(const link::RegionSpec& r, RegionRegistry* regions) {
+  const auto it = options_.ram_files == nullptr ? std::map<std::string, MappedMemory>::iterator()
+                                                : options_.ram_files->find(r.name);
+  if (options_.ram_files == nullptr || it == options_.ram_files->end()) {
+    report_.layout += " (stream)";
     return Status::Ok();
-  };
-
-  session::DestinationOptions dopts;
-  dopts.timeout = options.timeout;
-  dopts.mode = report.mode;
-  dopts.transports = options.transports;
-  dopts.rdma_ip = options.rdma_ip;
-  dopts.key = options.key;
-  if (options.on_target) {
-    dopts.on_target = [&](const session::Target& target, std::string* told) -> Status {
-      report.layout.clear();
-      mode = options.mode;
-      RDMIG_RETURN_IF_ERROR(options.on_target(target, &mode));
-      report.mode = mode_name();
-      *told = report.mode;
-      return Status::Ok();
-    };
   }
-  const auto deadline = std::chrono::steady_clock::now() + options.timeout;
-  Result<std::unique_ptr<session::DestinationSession>> accepted = listener.Accept(prepare, dopts);
-  // A source that cannot authenticate is refused; the endpoint waits on for the right one.
-  while (!accepted.ok() && accepted.status().code() == Code::kPermissionDenied &&
-         std::chrono::steady_clock::now() < deadline) {
-    if (options.on_refused) options.on_refused(accepted.status());
-    dopts.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
-        deadline - std::chrono::steady_clock::now());
-    accepted = listener.Accept(prepare, dopts);
+  if (it->second.size() < r.length) {
+    return Error(Code::kInvalidArgument,
+                 "RAM file " + it->second.path() + " has " + std::to_string(it->second.size()) +
+                     " bytes but the source's block '" + r.name + "' has " +
+                     std::to_string(r.length) + " (is it the right guest?)");
   }
-  RDMIG_ASSIGN_OR_RETURN(std::unique_ptr<session::DestinationSession> d, std::move(accepted));
-  // One migration per destination session: a second source gets "connection refused".
-  if (!options.keep_listening) listener.Close();
-  report.transport = d->receiver().capabilities().name;
-  RDMIG_ASSIGN_OR_RETURN(Fd qemu, options.connect_qemu());
-  ReturnPathPump return_path(qemu.get(), d.get());  // declared after `qemu`: stops before it closes
-  bool ended = false;
-  std::vector<iovec> iov;
+  RDMIG_RETURN_IF_ERROR(regions->Add(r.id, r.name, it->second.data(), r.length));
+  report_.layout += " (direct)";
+  return Status::Ok();
+}
 
-  auto on_chunk = [&](const pb::SourceMessage& msg) -> Status {
-    if (!msg.has_chunk()) return Error(Code::kProtocol, "unexpected control message");
-    const pb::StreamChunk& c = msg.chunk();
-    if (ended) return Error(Code::kProtocol, "stream chunk after the end of the stream");
-    if (c.end() && !d->completed()) {
-      return Error(Code::kProtocol, "the end of QEMU's stream came before the lanes were checked");
-    }
-    if (ReaderGone(qemu.get())) return QemuLeftEarly(report.qemu_bytes);
-    if (!c.passthrough().empty()) report.passthrough = c.passthrough();
-    // Design rule 2: nothing of this chunk reaches QEMU before the pages posted before it landed.
-    RDMIG_RETURN_IF_ERROR(d->receiver().WaitWatermark(c.watermark(), options.timeout));
-    iov.clear();
-    RDMIG_RETURN_IF_ERROR(stream::ForEachOp(c.ops(), [&](const stream::ChunkOp& op) -> Status {
-      if (op.kind == stream::ChunkOp::kRaw) {
-        iov.push_back({const_cast<std::byte*>(op.data), op.length});
-        return Status::Ok();
+Status DestinationEndpoint::PrepareStaged(const link::RegionSpec& r, RegionRegistry* regions) {
+  Result<MappedMemory> st = MappedMemory::Anonymous(r.length, /*populate=*/false);
+  if (!st.ok()) return st.status().Annotate("staging for block '" + r.name + "'");
+  RDMIG_RETURN_IF_ERROR(regions->Add(r.id, r.name, st->data(), r.length));
+  staging_.push_back(std::move(st).value());
+  report_.layout += " (staged)";
+  return Status::Ok();
+}
+
+Result<DestinationStreamReport> DestinationEndpoint::Run(const link::AcceptSource& accept) {
+  Result<DestinationStreamReport> r = Migrate(accept);
+  staging_.clear();  // after the link that landed into it is gone; an agent serves on
+  return r;
+}
+
+Result<DestinationStreamReport> DestinationEndpoint::Migrate(const link::AcceptSource& accept) {
+  report_.mode = ModeName(options_.mode);
+  RDMIG_ASSIGN_OR_RETURN(std::unique_ptr<link::DestinationLink> link,
+                         accept([this](const std::vector<link::RegionSpec>& offered,
+                                       RegionRegistry* regions) { return Prepare(offered, regions); }));
+  report_.transport = link->receiver().capabilities().name;
+  RDMIG_ASSIGN_OR_RETURN(Fd qemu, options_.connect_qemu());
+  ReturnPathPump return_path(qemu.get(), link.get());  // after `qemu`: stops before it closes
+  RDMIG_RETURN_IF_ERROR(DeliverChunks(*link, qemu.get(), return_path));
+  if (!ended_) return Error(Code::kAborted, "the source completed without ending the stream");
+  report_.pages = link->landed().pages;
+  report_.lane_bytes = link->landed().bytes;
+  return report_;
+}
+
+Status DestinationEndpoint::DeliverChunks(link::DestinationLink& link, int qemu_fd,
+                                          const ReturnPathPump& return_path) {
+  for (;;) {
+    RDMIG_ASSIGN_OR_RETURN(std::optional<link::StreamChunk> chunk, link.NextChunk(options_.timeout));
+    if (!chunk) return Status::Ok();
+    Status written = WriteChunk(link, *chunk, qemu_fd);
+    if (written.ok() && chunk->end) {
+      written = FailAfterLoadForTest(return_path, options_.timeout);
+      ended_ = written.ok();
+      if (written.ok()) {
+        written = link.SendDelivered(
+            link::DeliveredReport{report_.qemu_bytes, report_.qemu_all_read, report_.delivery_note});
       }
-      RDMIG_ASSIGN_OR_RETURN(std::byte * p, d->regions().Check(op.region, op.offset, op.length));
-      iov.push_back({p, op.length});
-      return Status::Ok();
-    }));
-    ++report.chunks;
-    if (!c.end()) return WriteToQemu(qemu.get(), iov, &report.qemu_bytes);
-    RDMIG_RETURN_IF_ERROR(DeliverEnd(qemu.get(), iov, options.timeout, &report));
-    RDMIG_RETURN_IF_ERROR(FailAfterLoadForTest(return_path, options.timeout));
-    ended = true;
-    return d->SendDelivered(
-        session::DeliveredReport{report.qemu_bytes, report.qemu_all_read, report.delivery_note});
-  };
-
-  RDMIG_ASSIGN_OR_RETURN(session::LandedReport landed, d->Serve(options.timeout, on_chunk));
-  if (!ended) {
-    return Error(Code::kAborted, "the source completed without ending the stream");
+    }
+    if (!written.ok()) return link.Fail(written);
   }
-  report.pages = landed.pages;
-  report.lane_bytes = landed.bytes;
-  return report;
+}
+
+Status DestinationEndpoint::WriteChunk(link::DestinationLink& link, const link::StreamChunk& c,
+                                       int qemu_fd) {
+  if (ended_) return Error(Code::kProtocol, "stream chunk after the end of the stream");
+  if (c.end && !link.completed()) {
+    return Error(Code::kProtocol, "the end of QEMU's stream came before the lanes were checked");
+  }
+  if (ReaderGone(qemu_fd)) return QemuLeftEarly(report_.qemu_bytes);
+  if (!c.passthrough.empty()) report_.passthrough = std::string(c.passthrough);
+  // Design rule 2: nothing of this chunk reaches QEMU before the pages posted before it landed.
+  RDMIG_RETURN_IF_ERROR(link.receiver().WaitWatermark(c.watermark, options_.timeout));
+  iov_.clear();
+  RDMIG_RETURN_IF_ERROR(stream::ForEachOp(c.ops, [&](const stream::ChunkOp& op) -> Status {
+    if (op.kind == stream::ChunkOp::kRaw) {
+      iov_.push_back({const_cast<std::byte*>(op.data), op.length});
+      return Status::Ok();
+    }
+    RDMIG_ASSIGN_OR_RETURN(std::byte * p, link.regions().Check(op.region, op.offset, op.length));
+    iov_.push_back({p, op.length});
+    return Status::Ok();
+  }));
+  ++report_.chunks;
+  if (!c.end) return WriteToQemu(qemu_fd, iov_, &report_.qemu_bytes);
+  return DeliverEnd(qemu_fd, iov_, options_.timeout, &report_);
+}
+
+Result<DestinationStreamReport> RunDestinationStream(const link::AcceptSource& accept,
+                                                     const DestinationStreamOptions& options) {
+  return DestinationEndpoint(options).Run(accept);
 }
 
 }  // namespace rdmig::endpoint

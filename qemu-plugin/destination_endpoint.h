@@ -19,12 +19,15 @@
 // Thread-safety: runs on the calling thread.
 #pragma once
 
+#include <sys/uio.h>
+
 #include <chrono>
 #include <functional>
 #include <map>
 #include <string>
+#include <vector>
 
-#include "control/session/session.h"
+#include "qemu-plugin/link.h"
 #include "transfer/memory.h"
 #include "transfer/net/socket.h"
 
@@ -34,21 +37,8 @@ struct DestinationStreamOptions {
   enum class Mode { kDirect, kStaged } mode = Mode::kStaged;
   std::map<std::string, MappedMemory>* ram_files = nullptr;  // direct: block name -> its RAM file
   std::chrono::milliseconds timeout{30000};
-  std::vector<session::TransportKind> transports = {session::TransportKind::kTcp};
-  std::string rdma_ip;  // the RDMA device's address, when RDMA may be offered
-  // The shared secret (control/session/auth.h); or none. A source that fails to prove it holds it
-  // is refused (and logged) and the endpoint waits on for the right one, until `timeout`.
-  std::string key;
-  std::function<void(const Status&)> on_refused;  // told of each source refused
   // Opens the connection to the destination QEMU; called once the source is accepted.
   std::function<Result<Fd>()> connect_qemu;
-  // For a long-lived destination (`rdmig agent`): called after the source authenticated, with the
-  // target it named, before any memory is prepared. It may fill `*ram_files` and change the mode;
-  // an error refuses the source with that reason.
-  std::function<Status(const session::Target& target, Mode* mode)> on_target;
-  // Keep the listener open after accepting (an agent serves one migration after another); by
-  // default it is closed, so a second source gets "connection refused".
-  bool keep_listening = false;
 };
 
 struct DestinationStreamReport {
@@ -64,8 +54,45 @@ struct DestinationStreamReport {
   std::string delivery_note;   // why that could not be shown
 };
 
-// Accepts one source on `listener` and runs its migration to the end.
-Result<DestinationStreamReport> RunDestinationStream(session::DestinationListener& listener,
+class ReturnPathPump;  // destination_endpoint.cc
+
+// One migration into the destination QEMU. Thread-safety: one thread runs it (it starts and stops
+// the return-path thread itself).
+class DestinationEndpoint {
+ public:
+  using Mode = DestinationStreamOptions::Mode;
+  explicit DestinationEndpoint(DestinationStreamOptions options) : options_(std::move(options)) {}
+
+  // Until the source is accepted, the landing can change: an agent learns the mode and the RAM
+  // files from the target the source names (the map `ram_files` points to may be filled then).
+  void set_mode(Mode mode) { options_.mode = mode; }
+  static const char* ModeName(Mode mode) { return mode == Mode::kDirect ? "direct" : "staged"; }
+
+  // Accepts one source through `accept`, landing into the memory Prepare gives, and runs its
+  // migration to the end. The staging memory is released when it returns.
+  Result<DestinationStreamReport> Run(const link::AcceptSource& accept);
+
+ private:
+  Result<DestinationStreamReport> Migrate(const link::AcceptSource& accept);
+  // The memory the source's offered blocks land in: in direct mode the guest's RAM files (blocks
+  // without one stay in the stream), in staged mode fresh private memory.
+  Result<std::string> Prepare(const std::vector<link::RegionSpec>& offered,
+                              RegionRegistry* regions);
+  Status PrepareDirect(const link::RegionSpec& block, RegionRegistry* regions);
+  Status PrepareStaged(const link::RegionSpec& block, RegionRegistry* regions);
+  // Every chunk, in order, to the destination QEMU, each once the pages before it landed.
+  Status DeliverChunks(link::DestinationLink& link, int qemu_fd, const ReturnPathPump& return_path);
+  Status WriteChunk(link::DestinationLink& link, const link::StreamChunk& chunk, int qemu_fd);
+
+  DestinationStreamOptions options_;
+  DestinationStreamReport report_;
+  std::vector<MappedMemory> staging_;  // private memory of the staged blocks
+  std::vector<iovec> iov_;
+  bool ended_ = false;
+};
+
+// Runs one migration into the destination QEMU with the source `accept` gives.
+Result<DestinationStreamReport> RunDestinationStream(const link::AcceptSource& accept,
                                                      const DestinationStreamOptions& options);
 
 }  // namespace rdmig::endpoint

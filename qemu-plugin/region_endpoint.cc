@@ -20,7 +20,7 @@ double Since(Clock::time_point t0) {
 
 }  // namespace
 
-Result<SendReport> SendRegion(session::SourceSession& session, uint32_t region,
+Result<SendReport> SendRegion(link::SourceLink& peer, uint32_t region,
                               std::span<const std::byte> memory, const SendOptions& options) {
   const uint32_t page = options.page_size;
   if (page == 0 || page > kLaneStripeBytes || memory.size() % page != 0) {
@@ -33,7 +33,7 @@ Result<SendReport> SendRegion(session::SourceSession& session, uint32_t region,
                                              " pages not in 1.." + std::to_string(kMaxBatchPages));
   }
   if (options.passes == 0) return Error(Code::kInvalidArgument, "passes must be at least 1");
-  Transport& tx = session.transport();
+  Transport& tx = peer.transport();
   RDMIG_RETURN_IF_ERROR(tx.RegisterSource(memory));
   std::vector<PageWrite> batch(options.batch_pages);
   const uint64_t total = memory.size();
@@ -64,12 +64,12 @@ Result<SendReport> SendRegion(session::SourceSession& session, uint32_t region,
     report.pass_seconds.push_back(Since(pass_start));
   }
   const auto landing_start = Clock::now();
-  RDMIG_ASSIGN_OR_RETURN(session::LandedReport landed,
-                         session.Complete(1, grand_total / page, grand_total, options.timeout));
+  RDMIG_ASSIGN_OR_RETURN(link::LandedReport landed,
+                         peer.Complete(1, grand_total / page, grand_total, options.timeout));
   report.pass_seconds.back() += Since(landing_start);
   report.seconds = Since(t0);
   report.transport = tx.capabilities().name;
-  report.transport_note = session.transport_note();
+  report.transport_note = peer.transport_note();
   report.lanes = tx.capabilities().lanes;
   report.pages = grand_total / page;
   report.bytes = grand_total;
@@ -80,7 +80,7 @@ Result<SendReport> SendRegion(session::SourceSession& session, uint32_t region,
   }
   if (options.verify) {
     RDMIG_ASSIGN_OR_RETURN(std::vector<uint64_t> digests,
-                           session.FetchDigests(region, page, total / page, options.timeout));
+                           peer.FetchDigests(region, page, total / page, options.timeout));
     const uint64_t region_pages = total / page;
     if (digests.size() != region_pages) {
       return Error(Code::kProtocol, "destination returned " + std::to_string(digests.size()) +
@@ -95,11 +95,11 @@ Result<SendReport> SendRegion(session::SourceSession& session, uint32_t region,
   return report;
 }
 
-Result<ServeReport> ServeOnce(session::DestinationListener& listener, const ServeOptions& options) {
+Result<ServeReport> ServeOnce(const link::AcceptSource& accept, const ServeOptions& options) {
   std::vector<MappedMemory> mappings;
   std::string layout;
-  auto prepare = [&](const std::vector<session::RegionSpec>& offered,
-                     RegionRegistry* regions) -> Status {
+  auto prepare = [&](const std::vector<link::RegionSpec>& offered,
+                     RegionRegistry* regions) -> Result<std::string> {
     uint64_t total = 0;
     for (const auto& r : offered) total += r.length;
     if (total > options.max_bytes) {
@@ -114,16 +114,12 @@ Result<ServeReport> ServeOnce(session::DestinationListener& listener, const Serv
       if (!layout.empty()) layout += ", ";
       layout += r.name + ": " + std::to_string(r.length) + " bytes";
     }
-    return Status::Ok();
+    return std::string("memory");
   };
-  session::DestinationOptions dopts;
-  dopts.timeout = options.timeout;
-  dopts.transports = options.transports;
-  dopts.rdma_ip = options.rdma_ip;
-  RDMIG_ASSIGN_OR_RETURN(auto dest, listener.Accept(prepare, dopts));
+  RDMIG_ASSIGN_OR_RETURN(std::unique_ptr<link::DestinationLink> dest, accept(prepare));
   const auto t0 = Clock::now();
   const std::string transport = dest->receiver().capabilities().name;
-  RDMIG_ASSIGN_OR_RETURN(session::LandedReport landed, dest->Serve(options.timeout));
+  RDMIG_ASSIGN_OR_RETURN(link::LandedReport landed, dest->ServeWithoutStream(options.timeout));
   return ServeReport{transport, layout, landed, Since(t0)};
 }
 

@@ -1,5 +1,5 @@
-// Endpoints that move plain memory regions: the data path of `rdmig bench` and of the Step 1 demo.
-// The QEMU migration-stream endpoints are built on the same session and transport.
+// Endpoints that move plain memory regions: the data path of `rdmig bench` and of the page demo.
+// The QEMU migration-stream endpoints are built on the same link and transport.
 // Thread-safety: each function runs on the calling thread; progress callbacks run on it too.
 #pragma once
 
@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "control/session/session.h"
+#include "qemu-plugin/link.h"
 
 namespace rdmig::endpoint {
 
@@ -41,27 +41,25 @@ struct SendReport {
   double bytes_per_second() const { return seconds > 0 ? bytes / seconds : 0; }
 };
 
-// Sends every page of `memory` as region `region` of the session's layout (`passes` times), then
-// completes the session (final watermark, landed confirmation) and, if asked, verifies every page.
-Result<SendReport> SendRegion(session::SourceSession& session, uint32_t region,
+// Sends every page of `memory` as region `region` of the link's layout (`passes` times), then
+// completes the link (final watermark, landed confirmation) and, if asked, verifies every page.
+Result<SendReport> SendRegion(link::SourceLink& peer, uint32_t region,
                               std::span<const std::byte> memory, const SendOptions& options);
 
 struct ServeOptions {
   uint64_t max_bytes = 8ull << 30;  // refuse layouts larger than this
-  std::vector<session::TransportKind> transports = {session::TransportKind::kTcp};
-  std::string rdma_ip;  // when RDMA may be offered: the device's address
   std::chrono::milliseconds timeout{60000};
 };
 
 struct ServeReport {
   std::string transport;
   std::string source_layout;  // "ram: 1073741824 bytes"
-  session::LandedReport landed;
+  link::LandedReport landed;
   double seconds = 0;
 };
 
-// Accepts one source on `listener`, lands its regions into fresh anonymous memory, and serves it
-// until it closes the control channel.
-Result<ServeReport> ServeOnce(session::DestinationListener& listener, const ServeOptions& options);
+// Accepts one source through `accept`, lands its regions into fresh anonymous memory, and serves it
+// until it closes the link.
+Result<ServeReport> ServeOnce(const link::AcceptSource& accept, const ServeOptions& options);
 
 }  // namespace rdmig::endpoint

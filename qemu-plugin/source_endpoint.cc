@@ -15,12 +15,12 @@
 #include "qemu-plugin/stream/return_path.h"
 #include "qemu-plugin/verify.h"
 #include "transfer/fault.h"
+#include "transfer/net/socket.h"
 #include "transfer/pacer.h"
 
 namespace rdmig::endpoint {
 
 using Clock = std::chrono::steady_clock;
-namespace pb = session::pb;
 
 namespace {
 
@@ -34,7 +34,7 @@ Result<size_t> ReadSome(int fd, std::byte* p, size_t n) {
 }
 
 // A PAGE record header for offset 0 of `block`, naming the block (no CONTINUE).
-void AnnounceBlock(const session::RegionSpec& block, stream::ChunkWriter* chunk) {
+void AnnounceBlock(const link::RegionSpec& block, stream::ChunkWriter* chunk) {
   std::byte header[8 + 1 + 255] = {};
   header[7] = std::byte{static_cast<uint8_t>(stream::kRamPage)};
   header[8] = std::byte{static_cast<uint8_t>(block.name.size())};
@@ -90,36 +90,270 @@ struct StreamCut {
 
 // Waiting for QEMU's stream while a migration runs has no deadline of its own: QEMU decides.
 constexpr std::chrono::milliseconds kNoDeadline{-1};
-
-}  // namespace
+constexpr std::chrono::milliseconds kProgressEvery{500};
 
 // Bytes a page write costs on the wire besides its payload (its descriptor), for pacing.
 constexpr uint64_t kDescriptorWireBytes = 16;
 
-Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOptions& options) {
-  SourceStreamReport report;
-  SourceStreamStats unused_stats;
-  SourceStreamStats& stats = options.stats ? *options.stats : unused_stats;
-  Pacer pacer(options.max_bandwidth);
-  uint64_t wire_bytes = 0;
-  std::vector<std::byte> buf(options.buffer_bytes);
-  size_t have = 0;
-  bool eof = false;
-  stream::StreamParser parser;
-  std::vector<stream::Item> items;
-  items.reserve(options.buffer_bytes / stream::kTargetPageSize + 64);
-  stream::ChunkWriter chunk;
-  Clock::time_point start;
-  auto next_progress = Clock::now();
-  session::SourceSession* live = nullptr;  // once connected: its control channel is watched too
+// One migration from the source QEMU's stream to the link. Thread-safety: one thread runs it; the
+// return-path sink runs on that thread too (the link calls it from Pump and its replies).
+class SourceEndpoint {
+ public:
+  SourceEndpoint(int qemu_fd, const SourceStreamOptions& options)
+      : qemu_fd_(qemu_fd),
+        options_(options),
+        stats_(options.stats ? *options.stats : unused_stats_),
+        pacer_(options.max_bandwidth),
+        buf_(options.buffer_bytes) {
+    items_.reserve(options.buffer_bytes / stream::kTargetPageSize + 64);
+    pages_.reserve(items_.capacity());
+  }
+
+  Result<SourceStreamReport> Run() {
+    RDMIG_RETURN_IF_ERROR(ReadLayout());
+    RDMIG_RETURN_IF_ERROR(Connect());
+    if (Status st = StreamToEnd(); !st.ok()) return link_->Explain(st);
+    report_.seconds = std::chrono::duration<double>(Clock::now() - start_).count();
+    RDMIG_RETURN_IF_ERROR(Switchover());
+    RDMIG_RETURN_IF_ERROR(AwaitQemuClosed());
+    return report_;
+  }
+
+ private:
+  // 1. QEMU's stream up to its RAM block list, which is the layout the link offers. No page record
+  // comes before it: everything read so far goes to the first chunk.
+  Status ReadLayout() {
+    RDMIG_RETURN_IF_ERROR(Refill(0, true));
+    while (!parser_.layout_known() && !eof_) {
+      const size_t used = parser_.Parse(std::span(buf_.data(), have_), &items_,
+                                        /*until_layout=*/true);
+      for (const stream::Item& it : items_) {
+        chunk_.Raw(it.data, it.length);
+        if (it.kind == stream::Item::kPage) chunk_.Raw(it.page, stream::kTargetPageSize);
+      }
+      items_.clear();
+      RDMIG_RETURN_IF_ERROR(Refill(used, !parser_.layout_known()));
+    }
+    for (size_t i = 0; i < parser_.blocks().size(); ++i) {
+      layout_.push_back(
+          {static_cast<uint32_t>(i), parser_.blocks()[i].name, parser_.blocks()[i].length});
+    }
+    return Status::Ok();
+  }
+
+  // The link, offering the layout; what the destination QEMU says on its return path goes to the
+  // source QEMU through the gate.
+  Status Connect() {
+    if (!options_.connect) return Error(Code::kInvalidArgument, "source endpoint: no link to connect");
+    RDMIG_ASSIGN_OR_RETURN(link_, options_.connect(layout_, [this](std::string_view data,
+                                                                   bool closed) {
+      OnReturnPath(data, closed);
+    }));
+    Transport& tx = link_->transport();
+    RDMIG_RETURN_IF_ERROR(tx.RegisterSource(buf_));
+    report_.transport = tx.capabilities().name;
+    report_.transport_note = link_->transport_note();
+    report_.lanes = tx.capabilities().lanes;
+    report_.mode = link_->mode();
+    staged_ = link_->mode() == "staged";
+    laned_.assign(layout_.size(), false);
+    for (uint32_t id : link_->registered_regions()) {
+      if (id < laned_.size()) laned_[id] = true;
+    }
+    RDMIG_ASSIGN_OR_RETURN(test_cut_, StreamCut::FromEnvironment(&parser_));
+    return Status::Ok();
+  }
+
+  // The destination QEMU's answers go to the source QEMU on its own socket, but its SHUT (and the
+  // close that follows it) only once the switchover is verified (stream/return_path.h). A source
+  // QEMU that went away cannot take them: its migration has failed anyway.
+  void OnReturnPath(std::string_view data, bool closed) {
+    ToSourceQemu(gate_.Feed(data));
+    rp_closed_ |= closed;
+    if (rp_closed_ && !gate_.holding()) ::shutdown(qemu_fd_, SHUT_WR);
+  }
+  void ToSourceQemu(const std::string& data) {
+    if (!data.empty()) (void)SendAll(qemu_fd_, data.data(), data.size(), "source QEMU");
+  }
+
+  // 2. The stream: pages of registered blocks on their lanes, the rest in chunks behind watermarks,
+  // up to QEMU's own end of stream. The chunk that holds it is kept back (see the header).
+  Status StreamToEnd() {
+    for (;;) {
+      const uint64_t wire_before = wire_bytes_;
+      test_cut_.BeforeParse(report_.stream_bytes, &parser_);
+      const size_t used = parser_.Parse(std::span(buf_.data(), have_), &items_);
+      SortItems();
+      RDMIG_RETURN_IF_ERROR(PostPages());
+      if (parser_.stopped_at_section()) {
+        if (test_cut_.early_eof) return InjectEarlyEof(&chunk_, [&] { return ReleaseChunk(); });
+        have_ = used;  // cut-stream: QEMU's stream ends here, whatever came after
+        eof_ = true;
+      }
+      const bool at_end = used == have_ && parser_.at_clean_end();
+      if (!chunk_.empty() && !at_end) RDMIG_RETURN_IF_ERROR(ReleaseChunk());
+      // Page data lives in `buf_`: it may move only once the transport is done with it.
+      if (tag_ > 0) {
+        RDMIG_RETURN_IF_ERROR(link_->transport().WaitCompleted(tag_, options_.timeout).status());
+      }
+      PublishStats();
+      // A slower link: QEMU's stream is not read on until the link would have carried these bytes.
+      pacer_.Pace(wire_bytes_ - wire_before);
+      if (at_end) return Status::Ok();
+      if (eof_) return EndedEarly(parser_, have_ - used);
+      RDMIG_RETURN_IF_ERROR(Refill(used, true));
+    }
+  }
+
+  // Each parsed record to where it goes: a page of a registered block to its lane, everything else
+  // to the chunk, in stream order.
+  void SortItems() {
+    for (const stream::Item& it : items_) {
+      if (it.kind == stream::Item::kPassthrough) {
+        AnnounceVerbatimBlock(it);
+      } else if (it.kind == stream::Item::kRaw || !laned_[it.block]) {
+        chunk_.Raw(it.data, it.length);
+        if (it.kind == stream::Item::kPage) chunk_.Raw(it.page, stream::kTargetPageSize);
+      } else if (it.kind == stream::Item::kPage) {
+        pages_.push_back(PageWrite{it.page, it.offset, stream::kTargetPageSize, it.block});
+        report_.lane_bytes += stream::kTargetPageSize;
+        wire_bytes_ += stream::kTargetPageSize;
+        if (staged_) {  // the record stays in the stream; its payload comes from staging
+          chunk_.Raw(it.data, it.length);
+          chunk_.Staged(it.block, it.offset, stream::kTargetPageSize);
+        }
+      } else if (staged_) {
+        // Staged: QEMU applies every record in stream order, so a zero record stays in the stream.
+        chunk_.Raw(it.data, it.length);
+      } else {
+        // Direct: the zero goes on the page's lane, in order with that page's writes (rule 3).
+        pages_.push_back(PageWrite{nullptr, it.offset, stream::kTargetPageSize, it.block});
+        ++report_.zero_pages;
+      }
+    }
+    items_.clear();
+  }
+
+  // QEMU never saw the stripped records, so it does not know which block a verbatim CONTINUE
+  // record refers to. Name it: a PAGE record for page 0 of that block whose payload is what landed
+  // there (the chunk is released only after it landed).
+  void AnnounceVerbatimBlock(const stream::Item& it) {
+    if (staged_ || it.block == stream::Item::kNoBlock || !laned_[it.block]) return;
+    AnnounceBlock(layout_[it.block], &chunk_);
+    chunk_.Staged(it.block, 0, stream::kTargetPageSize);
+  }
+
+  Status PostPages() {
+    if (pages_.empty()) return Status::Ok();
+    RDMIG_RETURN_IF_ERROR(link_->transport().Post(pages_, ++tag_));
+    report_.pages += pages_.size();
+    wire_bytes_ += pages_.size() * kDescriptorWireBytes;
+    pages_.clear();
+    return Status::Ok();
+  }
+
+  // The chunk so far, released at the destination once a new watermark landed on every lane.
+  Status ReleaseChunk() {
+    RDMIG_RETURN_IF_ERROR(link_->transport().PostWatermark(++mark_));
+    return SendChunk(mark_, /*end=*/false);
+  }
+
+  Status SendChunk(uint64_t watermark, bool end) {
+    link::StreamChunk c{watermark, chunk_.ops(), end, {}};
+    if (!parser_.passthrough_reason().empty() && !passthrough_sent_) {
+      c.passthrough = parser_.passthrough_reason();
+      passthrough_sent_ = true;
+    }
+    report_.control_bytes += chunk_.size();
+    wire_bytes_ += chunk_.size();
+    ++report_.chunks;
+    Status sent = link_->SendChunk(c);
+    chunk_.clear();
+    return sent;
+  }
+
+  void PublishStats() {
+    stats_.lane_bytes.store(report_.lane_bytes, std::memory_order_relaxed);
+    stats_.pages.store(report_.pages, std::memory_order_relaxed);
+    stats_.wire_bytes.store(wire_bytes_, std::memory_order_relaxed);
+  }
+
+  // 3. The switchover: the lanes' counts checked, then QEMU's end of stream, then its delivery, then
+  // (--verify) the landed RAM compared; only then may the destination QEMU's SHUT complete the
+  // source.
+  Status Switchover() {
+    const auto end_seen = Clock::now();
+    RDMIG_ASSIGN_OR_RETURN(link::LandedReport landed,
+                           link_->Complete(++mark_, report_.pages, report_.lane_bytes,
+                                           options_.timeout));
+    (void)landed;
+    RDMIG_RETURN_IF_ERROR(SendChunk(mark_, /*end=*/true));
+    RDMIG_ASSIGN_OR_RETURN(link::DeliveredReport delivered,
+                           link_->AwaitDelivered(options_.timeout));
+    report_.landed_check_ms =
+        std::chrono::duration<double, std::milli>(Clock::now() - end_seen).count();
+    report_.qemu_bytes = delivered.qemu_bytes;
+    report_.qemu_all_read = delivered.all_read;
+    report_.delivery_note = delivered.note;
+    // A destination that writes to a TCP socket or a file cannot show its QEMU read everything:
+    // that is reported (qemu_all_read false, delivery_note), not failed; `rdmig migrate` resumes
+    // nothing without the proof, and a QEMU that closed early has failed the destination already.
+    if (options_.verify_files != nullptr) RDMIG_RETURN_IF_ERROR(VerifyLanded());
+    ToSourceQemu(gate_.Release());
+    if (rp_closed_) ::shutdown(qemu_fd_, SHUT_WR);
+    report_.passthrough = parser_.passthrough_reason();
+    return Status::Ok();
+  }
+
+  Status VerifyLanded() {
+    RDMIG_RETURN_IF_ERROR(AwaitDestinationLoaded(options_.timeout));
+    RDMIG_ASSIGN_OR_RETURN(VerifyReport verified, VerifyLandedRam(*link_, layout_,
+                                                                  *options_.verify_files,
+                                                                  options_.timeout));
+    report_.verified_pages = verified.pages;
+    report_.verify_ms = verified.ms;
+    return Status::Ok();
+  }
+
+  // The destination QEMU loaded its whole stream once it says SHUT (held by the gate).
+  Status AwaitDestinationLoaded(std::chrono::milliseconds timeout) {
+    const auto deadline = Clock::now() + timeout;
+    while (!gate_.holding()) {
+      if (rp_closed_) {
+        return Error(Code::kAborted, "the destination QEMU closed its return path without "
+                                     "saying it loaded its stream (SHUT)");
+      }
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      if (left.count() <= 0) {
+        return Error(Code::kTimeout, "the destination QEMU did not say it loaded its stream "
+                                     "(SHUT) within " + std::to_string(timeout.count()) +
+                                     " ms (--verify needs QEMU's return-path capability)");
+      }
+      RDMIG_RETURN_IF_ERROR(link_->Pump(left));
+    }
+    return Status::Ok();
+  }
+
+  // QEMU closes its stream once it is done (with a return path, once the destination QEMU said
+  // so); nothing may follow its end of stream.
+  Status AwaitQemuClosed() {
+    RDMIG_RETURN_IF_ERROR(WaitStream(options_.timeout));
+    RDMIG_ASSIGN_OR_RETURN(size_t extra, ReadSome(qemu_fd_, buf_.data(), buf_.size()));
+    if (extra != 0) {
+      return Error(Code::kProtocol, "QEMU's migration stream went on after its end of stream (" +
+                                        std::to_string(extra) + " more bytes)");
+    }
+    return Status::Ok();
+  }
 
   // Waits until QEMU's stream is readable; meanwhile passes what the destination sends unasked
   // (its QEMU's return path: QEMU waits for the destination's SHUT before it ends its stream).
-  auto wait_stream = [&](std::chrono::milliseconds timeout) -> Status {
-    if (live == nullptr) return Status::Ok();
+  Status WaitStream(std::chrono::milliseconds timeout) {
+    if (link_ == nullptr) return Status::Ok();
     const auto deadline = Clock::now() + timeout;
     for (;;) {
-      pollfd fds[2] = {{qemu_fd, POLLIN, 0}, {live->control().fd(), POLLIN, 0}};
+      pollfd fds[2] = {{qemu_fd_, POLLIN, 0}, {link_->peer_fd(), POLLIN, 0}};
       const auto left =
           std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
       const int r = ::poll(fds, 2, timeout < std::chrono::milliseconds(0)
@@ -131,236 +365,70 @@ Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOption
         return Error(Code::kTimeout, "QEMU's migration stream: nothing within " +
                                          std::to_string(timeout.count()) + " ms");
       }
-      if (fds[1].revents != 0) RDMIG_RETURN_IF_ERROR(live->Pump(options.timeout));
+      if (fds[1].revents != 0) RDMIG_RETURN_IF_ERROR(link_->Pump(options_.timeout));
       if (fds[0].revents != 0) return Status::Ok();
     }
-  };
+  }
 
   // Reads more of QEMU's stream after the parsed prefix [0, used) is no longer needed.
-  auto refill = [&](size_t used, bool read) -> Status {
-    std::memmove(buf.data(), buf.data() + used, have - used);
-    have -= used;
-    if (have == buf.size()) {
-      parser.ForcePassthrough("a record larger than the stream buffer", &items);
+  Status Refill(size_t used, bool read) {
+    std::memmove(buf_.data(), buf_.data() + used, have_ - used);
+    have_ -= used;
+    if (have_ == buf_.size()) {
+      parser_.ForcePassthrough("a record larger than the stream buffer", &items_);
     }
-    if (!read || have == buf.size() || eof) return Status::Ok();
-    RDMIG_RETURN_IF_ERROR(wait_stream(kNoDeadline));
-    RDMIG_ASSIGN_OR_RETURN(size_t n, ReadSome(qemu_fd, buf.data() + have, buf.size() - have));
-    if (report.stream_bytes == 0 && n > 0) start = Clock::now();
-    report.stream_bytes += n;
-    stats.stream_bytes.store(report.stream_bytes, std::memory_order_relaxed);
-    have += n;
-    eof = n == 0;
-    if (options.progress && Clock::now() >= next_progress) {
-      options.progress(report.stream_bytes);
-      next_progress = Clock::now() + std::chrono::milliseconds(500);
-    }
-    return Status::Ok();
-  };
-
-  // 1. Up to QEMU's RAM block list: it is the layout the session offers.
-  RDMIG_RETURN_IF_ERROR(refill(0, true));
-  while (!parser.layout_known() && !eof) {
-    size_t used = parser.Parse(std::span(buf.data(), have), &items, /*until_layout=*/true);
-    for (const stream::Item& it : items) {  // no page record comes before the block list
-      chunk.Raw(it.data, it.length);
-      if (it.kind == stream::Item::kPage) chunk.Raw(it.page, stream::kTargetPageSize);
-    }
-    items.clear();
-    RDMIG_RETURN_IF_ERROR(refill(used, !parser.layout_known()));
-  }
-  std::vector<session::RegionSpec> layout;
-  for (size_t i = 0; i < parser.blocks().size(); ++i) {
-    layout.push_back(
-        {static_cast<uint32_t>(i), parser.blocks()[i].name, parser.blocks()[i].length});
-  }
-  session::SourceOptions sopts;
-  sopts.lanes = options.lanes;
-  sopts.timeout = options.timeout;
-  sopts.name = "rdmig send";
-  sopts.transports = options.transports;
-  sopts.key = options.key;
-  sopts.target = options.target;
-  // The destination QEMU's answers go to the source QEMU on its own socket, but its SHUT (and the
-  // close that follows it) only once the switchover is verified (stream/return_path.h). A source
-  // QEMU that went away cannot take them: its migration has failed anyway.
-  stream::ReturnPathGate gate;
-  bool rp_closed = false;
-  auto to_source = [qemu_fd](const std::string& data) {
-    if (!data.empty()) (void)SendAll(qemu_fd, data.data(), data.size(), "source QEMU");
-  };
-  sopts.on_return_path = [&](std::string_view data, bool closed) {
-    to_source(gate.Feed(data));
-    rp_closed |= closed;
-    if (rp_closed && !gate.holding()) ::shutdown(qemu_fd, SHUT_WR);
-  };
-  RDMIG_ASSIGN_OR_RETURN(std::unique_ptr<session::SourceSession> s,
-                         session::SourceSession::Connect(options.destination, layout, sopts));
-  // The destination QEMU loaded its whole stream once it says SHUT (held by the gate).
-  auto await_loaded = [&](std::chrono::milliseconds timeout) -> Status {
-    const auto deadline = Clock::now() + timeout;
-    while (!gate.holding()) {
-      if (rp_closed) {
-        return Error(Code::kAborted, "the destination QEMU closed its return path without "
-                                     "saying it loaded its stream (SHUT)");
-      }
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-      if (left.count() <= 0) {
-        return Error(Code::kTimeout, "the destination QEMU did not say it loaded its stream (SHUT) "
-                                     "within " + std::to_string(timeout.count()) +
-                                     " ms (--verify needs QEMU's return-path capability)");
-      }
-      RDMIG_RETURN_IF_ERROR(s->Pump(left));
+    if (!read || have_ == buf_.size() || eof_) return Status::Ok();
+    RDMIG_RETURN_IF_ERROR(WaitStream(kNoDeadline));
+    RDMIG_ASSIGN_OR_RETURN(size_t n, ReadSome(qemu_fd_, buf_.data() + have_, buf_.size() - have_));
+    if (report_.stream_bytes == 0 && n > 0) start_ = Clock::now();
+    report_.stream_bytes += n;
+    stats_.stream_bytes.store(report_.stream_bytes, std::memory_order_relaxed);
+    have_ += n;
+    eof_ = n == 0;
+    if (options_.progress && Clock::now() >= next_progress_) {
+      options_.progress(report_.stream_bytes);
+      next_progress_ = Clock::now() + kProgressEvery;
     }
     return Status::Ok();
-  };
-  live = s.get();
-  Transport& tx = s->transport();
-  RDMIG_RETURN_IF_ERROR(tx.RegisterSource(buf));
-  report.transport = tx.capabilities().name;
-  report.transport_note = s->transport_note();
-  report.lanes = tx.capabilities().lanes;
-  report.mode = s->mode();
-  const bool staged = s->mode() == "staged";
-  std::vector<bool> laned(layout.size(), false);
-  for (uint32_t id : s->registered_regions()) {
-    if (id < laned.size()) laned[id] = true;
   }
 
-  std::vector<PageWrite> pages;
-  pages.reserve(items.capacity());
-  uint64_t tag = 0, mark = 0;
-  bool passthrough_sent = false;
-  // A chunk is released at the destination once `watermark` landed on every lane; the final one
-  // (end) follows Complete, whose watermark it names.
-  auto send_chunk_at = [&](uint64_t watermark, bool end) -> Status {
-    pb::SourceMessage msg;
-    pb::StreamChunk* c = msg.mutable_chunk();
-    c->set_watermark(watermark);
-    c->set_ops(chunk.ops());
-    c->set_end(end);
-    if (!parser.passthrough_reason().empty() && !passthrough_sent) {
-      c->set_passthrough(parser.passthrough_reason());
-      passthrough_sent = true;
-    }
-    report.control_bytes += chunk.size();
-    wire_bytes += chunk.size();
-    ++report.chunks;
-    chunk.clear();
-    return s->control().Send(msg);
-  };
-  auto send_chunk = [&](bool end) -> Status {
-    RDMIG_RETURN_IF_ERROR(tx.PostWatermark(++mark));
-    return send_chunk_at(mark, end);
-  };
-  auto send_final_chunk = [&](uint64_t final_mark) { return send_chunk_at(final_mark, true); };
+  const int qemu_fd_;
+  const SourceStreamOptions& options_;
+  SourceStreamStats unused_stats_;
+  SourceStreamStats& stats_;
+  Pacer pacer_;
+  SourceStreamReport report_;
+  uint64_t wire_bytes_ = 0;
 
-  // 2. The stream: pages of registered blocks on their lanes, the rest in chunks behind watermarks,
-  // up to QEMU's own end of stream. The chunk that holds it is kept back (see the header).
-  // When it fails here, the destination may know better why (its QEMU went away, say): ask it.
-  RDMIG_ASSIGN_OR_RETURN(const StreamCut test_cut, StreamCut::FromEnvironment(&parser));
-  auto stream_all = [&]() -> Status {
-    for (;;) {
-      const uint64_t wire_before = wire_bytes;
-      const uint64_t lane_before = report.lane_bytes;
-      test_cut.BeforeParse(report.stream_bytes, &parser);
-      size_t used = parser.Parse(std::span(buf.data(), have), &items);
-      for (const stream::Item& it : items) {
-        if (it.kind == stream::Item::kPassthrough) {
-          if (!staged && it.block != stream::Item::kNoBlock && laned[it.block]) {
-            // QEMU never saw the stripped records, so it does not know which block a verbatim
-            // CONTINUE record refers to. Name it: a PAGE record for page 0 of that block whose
-            // payload is what landed there (the chunk is released only after it landed).
-            AnnounceBlock(layout[it.block], &chunk);
-            chunk.Staged(it.block, 0, stream::kTargetPageSize);
-          }
-          continue;
-        }
-        if (it.kind == stream::Item::kRaw || !laned[it.block]) {
-          chunk.Raw(it.data, it.length);
-          if (it.kind == stream::Item::kPage) chunk.Raw(it.page, stream::kTargetPageSize);
-        } else if (it.kind == stream::Item::kPage) {
-          pages.push_back(PageWrite{it.page, it.offset, stream::kTargetPageSize, it.block});
-          report.lane_bytes += stream::kTargetPageSize;
-          if (staged) {  // the record stays in the stream; its payload comes from staging
-            chunk.Raw(it.data, it.length);
-            chunk.Staged(it.block, it.offset, stream::kTargetPageSize);
-          }
-        } else if (staged) {
-          // Staged: QEMU applies every record in stream order, so a zero record stays in the
-          // stream.
-          chunk.Raw(it.data, it.length);
-        } else {
-          // Direct: the zero goes on the page's lane, in order with that page's writes (rule 3).
-          pages.push_back(PageWrite{nullptr, it.offset, stream::kTargetPageSize, it.block});
-          ++report.zero_pages;
-        }
-      }
-      items.clear();
-      if (!pages.empty()) {
-        RDMIG_RETURN_IF_ERROR(tx.Post(pages, ++tag));
-        report.pages += pages.size();
-        wire_bytes += pages.size() * kDescriptorWireBytes;
-        pages.clear();
-      }
-      wire_bytes += report.lane_bytes - lane_before;
-      if (parser.stopped_at_section()) {
-        if (test_cut.early_eof) return InjectEarlyEof(&chunk, [&] { return send_chunk(false); });
-        have = used;  // cut-stream: QEMU's stream ends here, whatever came after
-        eof = true;
-      }
-      const bool at_end = used == have && parser.at_clean_end();
-      if (!chunk.empty() && !at_end) RDMIG_RETURN_IF_ERROR(send_chunk(false));
-      // Page data lives in `buf`: it may move only once the transport is done with it.
-      if (tag > 0) RDMIG_RETURN_IF_ERROR(tx.WaitCompleted(tag, options.timeout).status());
-      stats.lane_bytes.store(report.lane_bytes, std::memory_order_relaxed);
-      stats.pages.store(report.pages, std::memory_order_relaxed);
-      stats.wire_bytes.store(wire_bytes, std::memory_order_relaxed);
-      // A slower link: QEMU's stream is not read on until the link would have carried these bytes.
-      pacer.Pace(wire_bytes - wire_before);
-      if (at_end) return Status::Ok();
-      if (eof) return EndedEarly(parser, have - used);
-      RDMIG_RETURN_IF_ERROR(refill(used, true));
-    }
-  };
-  if (Status st = stream_all(); !st.ok()) return s->Explain(st);
-  report.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  // QEMU's stream: buf_[0, have_) is read and not yet released; page data is sent from here.
+  std::vector<std::byte> buf_;
+  size_t have_ = 0;
+  bool eof_ = false;
+  stream::StreamParser parser_;
+  std::vector<stream::Item> items_;
+  StreamCut test_cut_;
+  Clock::time_point start_;
+  Clock::time_point next_progress_ = Clock::now();
 
-  // 3. The switchover: the lanes' counts checked, then QEMU's end of stream, then its delivery.
-  const auto end_seen = Clock::now();
-  RDMIG_ASSIGN_OR_RETURN(session::LandedReport landed,
-                         s->Complete(++mark, report.pages, report.lane_bytes, options.timeout));
-  (void)landed;
-  RDMIG_RETURN_IF_ERROR(send_final_chunk(mark));
-  RDMIG_ASSIGN_OR_RETURN(session::DeliveredReport delivered, s->AwaitDelivered(options.timeout));
-  report.landed_check_ms =
-      std::chrono::duration<double, std::milli>(Clock::now() - end_seen).count();
-  report.qemu_bytes = delivered.qemu_bytes;
-  report.qemu_all_read = delivered.all_read;
-  report.delivery_note = delivered.note;
-  // A destination that writes to a TCP socket or a file cannot show its QEMU read everything: that
-  // is reported (qemu_all_read false, delivery_note), not failed; `rdmig migrate` resumes nothing
-  // without the proof, and a QEMU that closed early has failed the destination already.
-  if (options.verify_files != nullptr) {
-    RDMIG_RETURN_IF_ERROR(await_loaded(options.timeout));
-    RDMIG_ASSIGN_OR_RETURN(VerifyReport verified,
-                           VerifyLandedRam(*s, layout, *options.verify_files, options.timeout));
-    report.verified_pages = verified.pages;
-    report.verify_ms = verified.ms;
-  }
-  // Delivered as far as the engine can tell: the destination QEMU's SHUT may now complete the source.
-  to_source(gate.Release());
-  if (rp_closed) ::shutdown(qemu_fd, SHUT_WR);
-  report.passthrough = parser.passthrough_reason();
-  // QEMU closes its stream once it is done (with a return path, once the destination QEMU said
-  // so); nothing may follow its end of stream.
-  RDMIG_RETURN_IF_ERROR(wait_stream(options.timeout));
-  RDMIG_ASSIGN_OR_RETURN(size_t extra, ReadSome(qemu_fd, buf.data(), buf.size()));
-  if (extra != 0) {
-    return Error(Code::kProtocol, "QEMU's migration stream went on after its end of stream (" +
-                                      std::to_string(extra) + " more bytes)");
-  }
-  return report;
+  // Before the link: its return-path sink writes here until the link is gone.
+  stream::ReturnPathGate gate_;
+  bool rp_closed_ = false;
+
+  std::vector<link::RegionSpec> layout_;
+  std::unique_ptr<link::SourceLink> link_;
+  bool staged_ = false;
+  std::vector<bool> laned_;  // by block id: its pages travel on lanes
+
+  std::vector<PageWrite> pages_;  // the current buffer's page writes
+  stream::ChunkWriter chunk_;     // the current chunk of everything else
+  uint64_t tag_ = 0, mark_ = 0;
+  bool passthrough_sent_ = false;
+};
+
+}  // namespace
+
+Result<SourceStreamReport> RunSourceStream(int qemu_fd, const SourceStreamOptions& options) {
+  return SourceEndpoint(qemu_fd, options).Run();
 }
 
 }  // namespace rdmig::endpoint

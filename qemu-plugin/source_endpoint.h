@@ -11,6 +11,11 @@
 //
 // Any failure returns an error; the caller closes QEMU's connection, so the source migration fails
 // and the guest keeps running (design rule 5).
+//
+// The endpoint (source_endpoint.cc's SourceEndpoint) runs in named steps: read QEMU's stream up to
+// its RAM block list, connect the link offering those blocks, then per buffer: parse, sort the
+// records (pages to lanes, the rest to the chunk), post the pages, release the chunk behind a
+// watermark; then the switchover.
 // Thread-safety: runs on the calling thread.
 #pragma once
 
@@ -21,7 +26,7 @@
 #include <map>
 #include <string>
 
-#include "control/session/session.h"
+#include "qemu-plugin/link.h"
 #include "transfer/memory.h"
 
 namespace rdmig::endpoint {
@@ -36,9 +41,9 @@ struct SourceStreamStats {
 };
 
 struct SourceStreamOptions {
-  HostPort destination;  // the destination endpoint's control address
-  uint32_t lanes = 4;
-  std::vector<session::TransportKind> transports = {session::TransportKind::kTcp};
+  // Connects to the destination endpoint once QEMU's RAM block list was read (control/session's
+  // ConnectTo).
+  link::ConnectSource connect;
   size_t buffer_bytes = 4u << 20;  // stream bytes parsed at a time (pages are sent from here)
   std::chrono::milliseconds timeout{30000};
   // Called about every 500 ms with the stream bytes read so far.
@@ -47,8 +52,6 @@ struct SourceStreamOptions {
   // limit. Stands for a slower link: QEMU is held back by the socket, as by a real link.
   uint64_t max_bandwidth = 0;
   SourceStreamStats* stats = nullptr;  // if set, kept current while the migration runs
-  std::string key;  // the shared secret of the control channel (control/session/auth.h); or none
-  session::Target target;  // when the destination is an `rdmig agent`: what it lands into
   // `--verify` (verify.h): the source guest's RAM files by block name. When set, the destination
   // QEMU's SHUT is awaited and held while every page it landed directly is compared with them; a
   // difference fails the migration.

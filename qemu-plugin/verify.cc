@@ -25,13 +25,13 @@ std::string PageAddress(const std::string& block, uint64_t page) {
 }
 
 // The blocks to compare: every registered one, each with its source RAM file.
-Result<std::vector<std::pair<session::RegionSpec, const MappedMemory*>>> BlocksToVerify(
-    const session::SourceSession& session, const std::vector<session::RegionSpec>& layout,
+Result<std::vector<std::pair<link::RegionSpec, const MappedMemory*>>> BlocksToVerify(
+    const link::SourceLink& peer, const std::vector<link::RegionSpec>& layout,
     const std::map<std::string, MappedMemory>& files) {
-  std::vector<std::pair<session::RegionSpec, const MappedMemory*>> blocks;
-  for (uint32_t id : session.registered_regions()) {
+  std::vector<std::pair<link::RegionSpec, const MappedMemory*>> blocks;
+  for (uint32_t id : peer.registered_regions()) {
     if (id >= layout.size()) continue;
-    const session::RegionSpec& r = layout[id];
+    const link::RegionSpec& r = layout[id];
     const auto f = files.find(r.name);
     if (f == files.end()) {
       return Error(Code::kInvalidArgument,
@@ -55,12 +55,12 @@ Result<std::vector<std::pair<session::RegionSpec, const MappedMemory*>>> BlocksT
 
 }  // namespace
 
-Result<VerifyReport> VerifyLandedRam(session::SourceSession& session,
-                                     const std::vector<session::RegionSpec>& layout,
+Result<VerifyReport> VerifyLandedRam(link::SourceLink& peer,
+                                     const std::vector<link::RegionSpec>& layout,
                                      const std::map<std::string, MappedMemory>& files,
                                      std::chrono::milliseconds timeout) {
   const auto start = Clock::now();
-  RDMIG_ASSIGN_OR_RETURN(auto blocks, BlocksToVerify(session, layout, files));
+  RDMIG_ASSIGN_OR_RETURN(auto blocks, BlocksToVerify(peer, layout, files));
   VerifyReport report;
   std::vector<std::string> differ;
   uint64_t differing = 0;
@@ -70,7 +70,7 @@ Result<VerifyReport> VerifyLandedRam(session::SourceSession& session,
     const MappedMemory* source = file;  // a structured binding cannot be captured before C++20
     std::thread hash([&here, source, pages] { here = PageDigests(source->data(), pages); });
     Result<std::vector<uint64_t>> there =
-        session.FetchDigests(block.id, kVerifyPageBytes, pages, timeout);
+        peer.FetchDigests(block.id, kVerifyPageBytes, pages, timeout);
     hash.join();
     if (!there.ok()) return there.status().Annotate("--verify");
     for (uint64_t p = 0; p < pages; ++p) {

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "control/session/session.h"
+#include "qemu-plugin/link.h"
 #include "transfer/memory.h"
 
 namespace rdmig::endpoint {
@@ -29,8 +29,8 @@ struct VerifyReport {
 // source guest's RAM file of the same name in `files`. Fails when a registered block has no file,
 // a file is smaller than its block, or any page differs (naming up to kVerifyListedPages of them:
 // block and offset).
-Result<VerifyReport> VerifyLandedRam(session::SourceSession& session,
-                                     const std::vector<session::RegionSpec>& layout,
+Result<VerifyReport> VerifyLandedRam(link::SourceLink& peer,
+                                     const std::vector<link::RegionSpec>& layout,
                                      const std::map<std::string, MappedMemory>& files,
                                      std::chrono::milliseconds timeout);
 

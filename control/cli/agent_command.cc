@@ -17,7 +17,7 @@
 
 #include "control/cli/commands.h"
 #include "control/cli/signals.h"
-#include "control/cli/size.h"
+#include "control/units/size.h"
 #include "control/cli/transport_choice.h"
 #include "control/libvirt/libvirt_client.h"
 #include "control/session/auth.h"
@@ -110,39 +110,137 @@ json ProcessFootprint() {
   return j;
 }
 
+// One migration the agent serves: everything of it lives here and is released when it ends.
+// Thread-safety: one thread (the agent's loop).
+class AgentMigration {
+ public:
+  using Mode = endpoint::DestinationStreamOptions::Mode;
+  AgentMigration(const AgentArgs& a, std::chrono::milliseconds timeout)
+      : a_(a), endpoint_(Options(timeout)) {}
+
+  // Where the source's target lands, checked against --allow: the destination QEMU's socket and,
+  // direct mode, the domain's RAM files (or the paths the source gave).
+  Status OnTarget(const session::Target& t) {
+    what_ = t.domain.empty() ? t.qemu_socket : "domain " + t.domain;
+    if (t.qemu_socket.empty()) {
+      return Error(Code::kInvalidArgument,
+                   "this is an rdmig agent: name the destination QEMU's socket on its host "
+                   "(rdmig migrate --domain, or --dest-socket)");
+    }
+    if (!Inside(t.qemu_socket, a_.allow)) {
+      return Error(Code::kPermissionDenied, "the agent does not feed QEMU sockets at " +
+                                                t.qemu_socket + " (allowed: --allow)");
+    }
+    qemu_socket_ = t.qemu_socket;
+    endpoint_.set_mode(Mode::kStaged);
+    if (t.mode != "direct") return Status::Ok();
+    endpoint_.set_mode(Mode::kDirect);
+    if (!t.domain.empty()) return FindDomainRamFiles(a_, t.domain, &ram_files_);
+    for (const std::string& spec : t.ram_files) {
+      RDMIG_ASSIGN_OR_RETURN(BlockPath bp, ParseBlockPath(spec));
+      if (!Inside(bp.path, a_.allow)) {
+        return Error(Code::kPermissionDenied,
+                     "the agent does not map RAM files at " + bp.path + " (allowed: --allow)");
+      }
+      RDMIG_ASSIGN_OR_RETURN(MappedMemory m, MappedMemory::SharedFile(bp.path));
+      ram_files_.emplace(bp.block, std::move(m));
+    }
+    return Status::Ok();
+  }
+
+  Result<endpoint::DestinationStreamReport> Run(session::DestinationListener& listener,
+                                                session::DestinationOptions link) {
+    link.on_target = [this](const session::Target& t) { return OnTarget(t); };
+    auto r = endpoint_.Run(session::AcceptOn(listener, link));
+    ram_files_.clear();
+    return r;
+  }
+
+  // Logs how migration `n` ended; returns its line for --log-json.
+  json LogEntry(int n, const Result<endpoint::DestinationStreamReport>& r) const {
+    json entry = {{"session", n}, {"target", what_}};
+    if (r.ok()) {
+      spdlog::info("migration {} ({}): {} to QEMU over {}, {} mode, {} pages landed", n, what_,
+                   r->qemu_bytes, r->transport, r->mode, r->pages);
+      entry.update({{"outcome", "completed"},
+                    {"transport", r->transport},
+                    {"mode", r->mode},
+                    {"layout", r->layout},
+                    {"qemu_bytes", r->qemu_bytes},
+                    {"pages", r->pages}});
+    } else {
+      spdlog::error("migration {} ({}) failed, destination QEMU's stream cut short: {}", n,
+                    what_.empty() ? "no target" : what_, r.status().ToString());
+      entry.update({{"outcome", "failed"}, {"error", r.status().ToString()}});
+    }
+    entry.update(ProcessFootprint());
+    return entry;
+  }
+
+ private:
+  endpoint::DestinationStreamOptions Options(std::chrono::milliseconds timeout) {
+    endpoint::DestinationStreamOptions opts;
+    opts.timeout = timeout;
+    opts.ram_files = &ram_files_;
+    opts.connect_qemu = [this]() -> Result<Fd> {
+      return ConnectUnix(qemu_socket_, std::chrono::seconds(10));
+    };
+    return opts;
+  }
+
+  const AgentArgs& a_;
+  std::map<std::string, MappedMemory> ram_files_;  // before endpoint_, which points at it
+  std::string qemu_socket_;
+  std::string what_;
+  endpoint::DestinationEndpoint endpoint_;
+};
+
+// The link options every migration shares: key, transports, timeout; the listener stays open.
+Result<session::DestinationOptions> AgentLinkOptions(const AgentArgs& a, const HostPort& addr) {
+  if (a.key_file.empty()) {
+    return Error(Code::kInvalidArgument,
+                 "rdmig agent lets sources write into this host's guests: it needs --key-file "
+                 "(`rdmig keygen FILE`, then the same file on the source hosts)");
+  }
+  session::DestinationOptions link;
+  RDMIG_ASSIGN_OR_RETURN(link.key, session::LoadKeyFile(a.key_file));
+  RDMIG_RETURN_IF_ERROR(ChooseDestinationTransports(a.transport, addr.host, &link));
+  link.timeout = std::chrono::milliseconds(static_cast<int64_t>(a.timeout_s * 1000));
+  link.keep_listening = true;
+  link.on_refused = [](const Status& s) { spdlog::warn("refused a source: {}", s.message()); };
+  return link;
+}
+
+// Waits until a source connects; false when a signal stops the agent first.
+Result<bool> AwaitSource(const session::DestinationListener& listener) {
+  while (StopSignal() == 0) {
+    Status pending = listener.WaitPending(std::chrono::milliseconds(500));
+    if (pending.ok()) return true;
+    if (pending.code() != Code::kTimeout) return pending;
+  }
+  return false;
+}
+
 int RunAgent(const AgentArgs& a) {
   // A daemon serving migration after migration: one malloc arena keeps its footprint flat. glibc
   // would otherwise add an arena (two mappings, up to 64 MiB reserved) whenever a new thread of a
   // later migration first allocates, up to 8 per core. Nothing on its hot paths allocates.
   mallopt(M_ARENA_MAX, 1);
-  auto addr = ParseHostPort(a.listen);
-  if (!addr.ok()) {
-    spdlog::error("{}", addr.status().message());
-    return 2;
-  }
-  if (a.key_file.empty()) {
-    spdlog::error("rdmig agent lets sources write into this host's guests: it needs --key-file "
-                  "(`rdmig keygen FILE`, then the same file on the source hosts)");
-    return 2;
-  }
-  auto key = session::LoadKeyFile(a.key_file);
-  if (!key.ok()) {
-    spdlog::error("{}", key.status().message());
-    return 2;
-  }
-  auto transports = ChooseTransports(a.transport);
-  if (!transports.ok()) {
-    spdlog::error("{}", transports.status().message());
+  Result<HostPort> addr = ParseHostPort(a.listen);
+  Result<session::DestinationOptions> link =
+      addr.ok() ? AgentLinkOptions(a, *addr) : Result<session::DestinationOptions>(addr.status());
+  if (!link.ok()) {
+    spdlog::error("{}", link.status().message());
     return 2;
   }
   // libvirt's destination QEMU listens in /run/rdmig: the directory must exist on this host.
   for (const std::string& d : a.allow) {
-    if (d != "/run/rdmig") continue;
     std::error_code ec;
-    if (fs::create_directories(d, ec)) fs::permissions(d, fs::perms::owner_all, ec);
+    if (d == "/run/rdmig" && fs::create_directories(d, ec)) {
+      fs::permissions(d, fs::perms::owner_all, ec);
+    }
   }
   StopOnSignals stop_on_signals;  // the agent ends between migrations
-
   auto listener = session::DestinationListener::Listen(*addr);
   if (!listener.ok()) {
     spdlog::error("cannot listen: {}", listener.status().ToString());
@@ -152,79 +250,15 @@ int RunAgent(const AgentArgs& a) {
   std::fflush(stderr);
   std::ofstream log;
   if (!a.log_json.empty()) log.open(a.log_json, std::ios::app);
-
   for (int n = 1; a.sessions == 0 || n <= a.sessions; ++n) {
-    while (StopSignal() == 0) {
-      Status pending = listener->WaitPending(std::chrono::milliseconds(500));
-      if (pending.ok()) break;
-      if (pending.code() != Code::kTimeout) {
-        spdlog::error("{}", pending.ToString());
-        return 1;
-      }
+    Result<bool> source = AwaitSource(*listener);
+    if (!source.ok()) {
+      spdlog::error("{}", source.status().ToString());
+      return 1;
     }
-    if (StopSignal() != 0) break;
-    // Everything of one migration lives in this scope and is released when it ends.
-    std::map<std::string, MappedMemory> ram_files;
-    std::string qemu_socket;
-    std::string what;
-    endpoint::DestinationStreamOptions opts;
-    opts.key = *key;
-    opts.transports = *transports;
-    if (opts.transports.front() == session::TransportKind::kRdma) opts.rdma_ip = addr->host;
-    opts.timeout = std::chrono::milliseconds(static_cast<int64_t>(a.timeout_s * 1000));
-    opts.keep_listening = true;
-    opts.ram_files = &ram_files;
-    opts.on_refused = [](const Status& s) { spdlog::warn("refused a source: {}", s.message()); };
-    opts.on_target = [&](const session::Target& t,
-                         endpoint::DestinationStreamOptions::Mode* mode) -> Status {
-      what = t.domain.empty() ? t.qemu_socket : "domain " + t.domain;
-      if (t.qemu_socket.empty()) {
-        return Error(Code::kInvalidArgument,
-                     "this is an rdmig agent: name the destination QEMU's socket on its host "
-                     "(rdmig migrate --domain, or --dest-socket)");
-      }
-      if (!Inside(t.qemu_socket, a.allow)) {
-        return Error(Code::kPermissionDenied, "the agent does not feed QEMU sockets at " +
-                                                  t.qemu_socket + " (allowed: --allow)");
-      }
-      qemu_socket = t.qemu_socket;
-      *mode = endpoint::DestinationStreamOptions::Mode::kStaged;
-      if (t.mode != "direct") return Status::Ok();
-      *mode = endpoint::DestinationStreamOptions::Mode::kDirect;
-      if (!t.domain.empty()) return FindDomainRamFiles(a, t.domain, &ram_files);
-      for (const std::string& spec : t.ram_files) {
-        RDMIG_ASSIGN_OR_RETURN(BlockPath bp, ParseBlockPath(spec));
-        if (!Inside(bp.path, a.allow)) {
-          return Error(Code::kPermissionDenied,
-                       "the agent does not map RAM files at " + bp.path + " (allowed: --allow)");
-        }
-        RDMIG_ASSIGN_OR_RETURN(MappedMemory m, MappedMemory::SharedFile(bp.path));
-        ram_files.emplace(bp.block, std::move(m));
-      }
-      return Status::Ok();
-    };
-    opts.connect_qemu = [&]() -> Result<Fd> {
-      return ConnectUnix(qemu_socket, std::chrono::seconds(10));
-    };
-    auto r = endpoint::RunDestinationStream(*listener, opts);
-    ram_files.clear();
-    json entry = {{"session", n}};
-    if (r.ok()) {
-      spdlog::info("migration {} ({}): {} to QEMU over {}, {} mode, {} pages landed", n, what,
-                   r->qemu_bytes, r->transport, r->mode, r->pages);
-      entry.update({{"outcome", "completed"},
-                    {"target", what},
-                    {"transport", r->transport},
-                    {"mode", r->mode},
-                    {"layout", r->layout},
-                    {"qemu_bytes", r->qemu_bytes},
-                    {"pages", r->pages}});
-    } else {
-      spdlog::error("migration {} ({}) failed, destination QEMU's stream cut short: {}", n,
-                    what.empty() ? "no target" : what, r.status().ToString());
-      entry.update({{"outcome", "failed"}, {"target", what}, {"error", r.status().ToString()}});
-    }
-    entry.update(ProcessFootprint());
+    if (!*source) break;
+    AgentMigration migration(a, link->timeout);
+    const json entry = migration.LogEntry(n, migration.Run(*listener, *link));
     if (log.is_open()) log << entry.dump() << std::endl;
   }
   std::fprintf(stderr, "rdmig agent: stopped\n");

@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "control/cli/commands.h"
-#include "control/cli/size.h"
+#include "control/units/size.h"
 #include "control/cli/transport_choice.h"
 #include "qemu-plugin/region_endpoint.h"
 #include "transfer/memory.h"
@@ -50,13 +50,16 @@ int RunServer(const BenchArgs& a) {
   std::fflush(stdout);
   endpoint::ServeOptions opts;
   opts.max_bytes = *max;
-  if (Status s = ChooseDestinationTransports(a.transport, addr->host, &opts); !s.ok()) {
+  session::DestinationOptions link;
+  if (Status s = ChooseDestinationTransports(a.transport, addr->host, &link); !s.ok()) {
     spdlog::error("{}", s.message());
     return 2;
   }
   opts.timeout = std::chrono::hours(24);  // a server waits for clients as long as it runs
+  link.timeout = opts.timeout;
+  link.keep_listening = true;
   for (;;) {
-    auto r = endpoint::ServeOnce(*listener, opts);
+    auto r = endpoint::ServeOnce(session::AcceptOn(*listener, link), opts);
     if (r.ok()) {
       std::printf("served over %s: %s; landed %lu pages, %s in %.2f s\n", r->transport.c_str(),
                   r->source_layout.c_str(), static_cast<unsigned long>(r->landed.pages),
@@ -66,6 +69,40 @@ int RunServer(const BenchArgs& a) {
     }
     std::fflush(stdout);
     if (a.once) return r.ok() ? 0 : 1;
+  }
+}
+
+// The client's report: per pass, throughput, verification; and --json.
+void ReportBench(const BenchArgs& a, const endpoint::SendReport& r, uint64_t size,
+                 uint32_t page) {
+  const uint64_t pages = size / page;
+  std::printf(
+      "rdmig bench: %s in %lu pages of %u bytes over %s, %u lanes, batches of %u pages,"
+      " %u pass(es)\n",
+      FormatBytes(double(r.bytes)).c_str(), static_cast<unsigned long>(r.pages), page,
+      r.transport.c_str(), r.lanes, a.batch, a.passes);
+  for (size_t i = 0; i < r.pass_seconds.size(); ++i) {
+    std::printf("  pass %zu      %.3f s, %s/s\n", i + 1, r.pass_seconds[i],
+                FormatBytes(double(size) / r.pass_seconds[i]).c_str());
+  }
+  if (!r.transport_note.empty()) std::printf("  transport   %s\n", r.transport_note.c_str());
+  std::printf("  time        %.3f s (first page sent to every page landed)\n", r.seconds);
+  std::printf("  throughput  %s/s (%.2f GB/s), %.0f pages/s\n",
+              FormatBytes(r.bytes_per_second()).c_str(), r.bytes_per_second() / 1e9,
+              double(r.pages) / r.seconds);
+  if (r.verified) {
+    std::printf("  verified    %lu of %lu pages identical on the destination (XXH3-64 per page)\n",
+                static_cast<unsigned long>(pages - r.mismatched_pages),
+                static_cast<unsigned long>(pages));
+  }
+  if (!a.json.empty()) {
+    nlohmann::json j = {{"transport", r.transport}, {"lanes", r.lanes},
+                        {"batch_pages", a.batch},    {"page_size", page},
+                        {"bytes", r.bytes},         {"pages", r.pages},
+                        {"seconds", r.seconds},     {"bytes_per_second", r.bytes_per_second()},
+                        {"verified", r.verified},   {"mismatched_pages", r.mismatched_pages},
+                        {"passes", a.passes},        {"pass_seconds", r.pass_seconds}};
+    std::ofstream(a.json) << j.dump(2) << "\n";
   }
 }
 
@@ -122,34 +159,7 @@ int RunClient(const BenchArgs& a) {
     spdlog::error("transfer failed: {}", r.status().ToString());
     return 1;
   }
-  std::printf(
-      "rdmig bench: %s in %lu pages of %u bytes over %s, %u lanes, batches of %u pages,"
-      " %u pass(es)\n",
-      FormatBytes(double(r->bytes)).c_str(), static_cast<unsigned long>(r->pages), kPage,
-      r->transport.c_str(), r->lanes, a.batch, a.passes);
-  for (size_t i = 0; i < r->pass_seconds.size(); ++i) {
-    std::printf("  pass %zu      %.3f s, %s/s\n", i + 1, r->pass_seconds[i],
-                FormatBytes(double(*size) / r->pass_seconds[i]).c_str());
-  }
-  if (!r->transport_note.empty()) std::printf("  transport   %s\n", r->transport_note.c_str());
-  std::printf("  time        %.3f s (first page sent to every page landed)\n", r->seconds);
-  std::printf("  throughput  %s/s (%.2f GB/s), %.0f pages/s\n",
-              FormatBytes(r->bytes_per_second()).c_str(), r->bytes_per_second() / 1e9,
-              double(r->pages) / r->seconds);
-  if (r->verified) {
-    std::printf("  verified    %lu of %lu pages identical on the destination (XXH3-64 per page)\n",
-                static_cast<unsigned long>(pages - r->mismatched_pages),
-                static_cast<unsigned long>(pages));
-  }
-  if (!a.json.empty()) {
-    nlohmann::json j = {{"transport", r->transport}, {"lanes", r->lanes},
-                        {"batch_pages", a.batch},    {"page_size", kPage},
-                        {"bytes", r->bytes},         {"pages", r->pages},
-                        {"seconds", r->seconds},     {"bytes_per_second", r->bytes_per_second()},
-                        {"verified", r->verified},   {"mismatched_pages", r->mismatched_pages},
-                        {"passes", a.passes},        {"pass_seconds", r->pass_seconds}};
-    std::ofstream(a.json) << j.dump(2) << "\n";
-  }
+  ReportBench(a, *r, *size, kPage);
   if (r->mismatched_pages > 0) {
     spdlog::error("{} pages differ on the destination", r->mismatched_pages);
     return 1;

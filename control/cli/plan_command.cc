@@ -12,7 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "control/cli/commands.h"
-#include "control/cli/size.h"
+#include "control/units/size.h"
 #include "control/convergence/precopy_model.h"
 
 namespace rdmig::cli {

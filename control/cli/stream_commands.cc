@@ -12,10 +12,10 @@
 #include <nlohmann/json.hpp>
 
 #include "control/cli/commands.h"
-#include "control/cli/migrate_common.h"
+#include "control/qmp/incoming.h"
 #include "control/cli/signals.h"
 #include "control/qmp/qmp_client.h"
-#include "control/cli/size.h"
+#include "control/units/size.h"
 #include "control/cli/transport_choice.h"
 #include "control/session/auth.h"
 #include "qemu-plugin/destination_endpoint.h"
@@ -75,6 +75,80 @@ struct SendArgs {
   double progress_timeout_s = 30;
 };
 
+// The source QEMU's stream: stdin, or the first connection on a unix or TCP listener (cut by a
+// signal while waiting). Holds the signal handlers in `stop_on_signals` once listening.
+Result<Fd> AcceptSourceQemu(const SendArgs& a, const QemuEndpoint& from,
+                            std::optional<StopOnSignals>* stop_on_signals) {
+  // A pipe, which shutdown() cannot cut: there the signals keep their default.
+  if (from.kind == QemuEndpoint::kStdio) return Fd(::dup(STDIN_FILENO));
+  RDMIG_ASSIGN_OR_RETURN(Fd listener, from.kind == QemuEndpoint::kUnix ? ListenUnix(from.path)
+                                                                      : ListenTcp(from.tcp));
+  stop_on_signals->emplace(/*second_kills=*/true);
+  CutOnStop(listener.get());
+  std::fprintf(stderr, "rdmig send: waiting for QEMU on %s\n", a.from.c_str());
+  Result<Fd> conn = AcceptTcp(
+      listener.get(), std::chrono::milliseconds(static_cast<int64_t>(a.accept_timeout_s * 1000)));
+  CutOnStop(-1);
+  if (from.kind == QemuEndpoint::kUnix) ::unlink(from.path.c_str());
+  if (StopSignal() != 0) {
+    return Error(Code::kAborted,
+                 std::string("cancelled on ") + StopSignalName() + " before QEMU connected");
+  }
+  if (!conn.ok()) return conn.status().Annotate("no QEMU connected");
+  return conn;
+}
+
+// The source endpoint's options: the link to `dest`, the pace, progress lines every 2 s.
+Result<endpoint::SourceStreamOptions> SendOptions(const SendArgs& a, const HostPort& dest,
+                                                  const std::string& key, double rate) {
+  endpoint::SourceStreamOptions opts;
+  opts.max_bandwidth = static_cast<uint64_t>(rate);
+  opts.timeout = std::chrono::milliseconds(static_cast<int64_t>(a.progress_timeout_s * 1000));
+  session::SourceOptions link;
+  link.lanes = a.lanes;
+  link.key = key;
+  link.name = "rdmig send";
+  link.timeout = opts.timeout;
+  RDMIG_ASSIGN_OR_RETURN(link.transports, ChooseTransports(a.transport));
+  opts.connect = session::ConnectTo(dest, link);
+  opts.progress = [last = std::chrono::steady_clock::time_point()](uint64_t bytes) mutable {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last < std::chrono::seconds(2)) return;
+    last = now;
+    std::fprintf(stderr, "rdmig send: %s of QEMU's stream carried\n",
+                 FormatBytes(double(bytes)).c_str());
+  };
+  return opts;
+}
+
+void PrintSendReport(const endpoint::SourceStreamReport& r) {
+  std::printf("rdmig send: %s of QEMU stream in %.3f s over %s (%u lanes, %s mode)\n",
+              FormatBytes(double(r.stream_bytes)).c_str(), r.seconds, r.transport.c_str(),
+              r.lanes, r.mode.c_str());
+  std::printf("  lanes    %lu page writes (%lu zero fills), %s\n",
+              static_cast<unsigned long>(r.pages), static_cast<unsigned long>(r.zero_pages),
+              FormatBytes(double(r.lane_bytes)).c_str());
+  std::printf("  control  %s in %lu chunks\n", FormatBytes(double(r.control_bytes)).c_str(),
+              static_cast<unsigned long>(r.chunks));
+  if (!r.passthrough.empty()) std::printf("  pass-through: %s\n", r.passthrough.c_str());
+  if (!r.transport_note.empty()) std::printf("  transport: %s\n", r.transport_note.c_str());
+  std::printf("  end      %s\n",
+              r.qemu_all_read ? "the destination QEMU read its whole stream"
+                              : ("not shown that the destination QEMU read its whole stream: " +
+                                 r.delivery_note)
+                                    .c_str());
+}
+
+nlohmann::json SendReportJson(const endpoint::SourceStreamReport& r) {
+  return {{"outcome", "completed"},      {"transport", r.transport},
+          {"transport_note", r.transport_note}, {"mode", r.mode},
+          {"lanes", r.lanes},            {"stream_bytes", r.stream_bytes},
+          {"pages", r.pages},            {"zero_pages", r.zero_pages},
+          {"lane_bytes", r.lane_bytes},  {"control_bytes", r.control_bytes},
+          {"passthrough", r.passthrough}, {"qemu_all_read", r.qemu_all_read},
+          {"delivery_note", r.delivery_note}, {"seconds", r.seconds}};
+}
+
 int RunSend(const SendArgs& a) {
   auto dest = ParseHostPort(a.to);
   auto from = ParseQemuEndpoint(a.from);
@@ -87,60 +161,22 @@ int RunSend(const SendArgs& a) {
       return 2;
     }
   }
-  Fd qemu;
   std::optional<StopOnSignals> stop_on_signals;
-  if (from->kind == QemuEndpoint::kStdio) {
-    // A pipe, which shutdown() cannot cut: here the signals keep their default.
-    qemu = Fd(::dup(STDIN_FILENO));
-  } else {
-    auto listener =
-        from->kind == QemuEndpoint::kUnix ? ListenUnix(from->path) : ListenTcp(from->tcp);
-    if (!listener.ok()) {
-      spdlog::error("{}", listener.status().ToString());
-      return 1;
-    }
-    stop_on_signals.emplace(/*second_kills=*/true);
-    CutOnStop(listener->get());
-    std::fprintf(stderr, "rdmig send: waiting for QEMU on %s\n", a.from.c_str());
-    auto conn =
-        AcceptTcp(listener->get(),
-                  std::chrono::milliseconds(static_cast<int64_t>(a.accept_timeout_s * 1000)));
-    CutOnStop(-1);
-    if (from->kind == QemuEndpoint::kUnix) ::unlink(from->path.c_str());
-    if (StopSignal() != 0) {
-      spdlog::error("cancelled on {} before QEMU connected", StopSignalName());
-      return 1;
-    }
-    if (!conn.ok()) {
-      spdlog::error("no QEMU connected: {}", conn.status().ToString());
-      return 1;
-    }
-    qemu = std::move(conn).value();
-    CutOnStop(qemu.get());
+  Result<Fd> qemu = AcceptSourceQemu(a, *from, &stop_on_signals);
+  if (!qemu.ok()) {
+    spdlog::error("{}", qemu.status().code() == Code::kAborted ? qemu.status().message()
+                                                               : qemu.status().ToString());
+    return 1;
   }
-  endpoint::SourceStreamOptions opts;
-  opts.destination = *dest;
-  opts.lanes = a.lanes;
-  opts.key = *key;
-  opts.max_bandwidth = static_cast<uint64_t>(*rate);
-  auto transports = ChooseTransports(a.transport);
-  if (!transports.ok()) {
-    spdlog::error("{}", transports.status().message());
+  CutOnStop(qemu->get());
+  Result<endpoint::SourceStreamOptions> opts = SendOptions(a, *dest, *key, *rate);
+  if (!opts.ok()) {
+    spdlog::error("{}", opts.status().message());
     return 2;
   }
-  opts.transports = *transports;
-  opts.timeout = std::chrono::milliseconds(static_cast<int64_t>(a.progress_timeout_s * 1000));
-  // Progress on long work: a line about every 2 s with the stream carried so far.
-  opts.progress = [last = std::chrono::steady_clock::time_point()](uint64_t bytes) mutable {
-    const auto now = std::chrono::steady_clock::now();
-    if (now - last < std::chrono::seconds(2)) return;
-    last = now;
-    std::fprintf(stderr, "rdmig send: %s of QEMU's stream carried\n",
-                 FormatBytes(double(bytes)).c_str());
-  };
-  auto r = endpoint::RunSourceStream(qemu.get(), opts);
+  auto r = endpoint::RunSourceStream(qemu->get(), *opts);
   CutOnStop(-1);
-  qemu.reset();  // on failure this fails the source migration; the guest keeps running
+  qemu->reset();  // on failure this fails the source migration; the guest keeps running
   if (!r.ok()) {
     std::string error = r.status().ToString();
     if (StopSignal() != 0) {
@@ -151,36 +187,8 @@ int RunSend(const SendArgs& a) {
     WriteJson(a.json, {{"outcome", "failed"}, {"error", error}});
     return 1;
   }
-  std::printf("rdmig send: %s of QEMU stream in %.3f s over %s (%u lanes, %s mode)\n",
-              FormatBytes(double(r->stream_bytes)).c_str(), r->seconds, r->transport.c_str(),
-              r->lanes, r->mode.c_str());
-  std::printf("  lanes    %lu page writes (%lu zero fills), %s\n",
-              static_cast<unsigned long>(r->pages), static_cast<unsigned long>(r->zero_pages),
-              FormatBytes(double(r->lane_bytes)).c_str());
-  std::printf("  control  %s in %lu chunks\n", FormatBytes(double(r->control_bytes)).c_str(),
-              static_cast<unsigned long>(r->chunks));
-  if (!r->passthrough.empty()) std::printf("  pass-through: %s\n", r->passthrough.c_str());
-  if (!r->transport_note.empty()) std::printf("  transport: %s\n", r->transport_note.c_str());
-  std::printf("  end      %s\n",
-              r->qemu_all_read
-                  ? "the destination QEMU read its whole stream"
-                  : ("not shown that the destination QEMU read its whole stream: " +
-                     r->delivery_note)
-                        .c_str());
-  WriteJson(a.json, {{"outcome", "completed"},
-                     {"transport", r->transport},
-                     {"transport_note", r->transport_note},
-                     {"mode", r->mode},
-                     {"lanes", r->lanes},
-                     {"stream_bytes", r->stream_bytes},
-                     {"pages", r->pages},
-                     {"zero_pages", r->zero_pages},
-                     {"lane_bytes", r->lane_bytes},
-                     {"control_bytes", r->control_bytes},
-                     {"passthrough", r->passthrough},
-                     {"qemu_all_read", r->qemu_all_read},
-                     {"delivery_note", r->delivery_note},
-                     {"seconds", r->seconds}});
+  PrintSendReport(*r);
+  WriteJson(a.json, SendReportJson(*r));
   return 0;
 }
 
@@ -204,7 +212,7 @@ class DestinationGuard {
   Status Hold(const std::string& qmp_path) {
     if (qmp_path.empty()) return Status::Ok();
     RDMIG_ASSIGN_OR_RETURN(qmp_, qmp::QmpClient::Connect(qmp_path, std::chrono::seconds(10)));
-    return HoldDestination(*qmp_);
+    return qmp::HoldDestination(*qmp_);
   }
   void QuitOnFailure() {
     if (!qmp_) return;
@@ -218,6 +226,88 @@ class DestinationGuard {
   std::optional<qmp::QmpClient> qmp_;
 };
 
+// --ram-file BLOCK=PATH...: the destination guest's RAM files, mapped shared. A bad spec is bad
+// input (kInvalidArgument); a file that cannot be mapped is not.
+Status MapRamFiles(const std::vector<std::string>& specs,
+                   std::map<std::string, MappedMemory>* ram_files) {
+  if (specs.empty()) {
+    return Error(Code::kInvalidArgument,
+                 "direct mode needs --ram-file BLOCK=PATH (e.g. mem0=/dev/shm/guest.ram)");
+  }
+  for (const std::string& spec : specs) {
+    Result<BlockPath> bp = ParseBlockPath(spec);
+    if (!bp.ok()) return bp.status().Annotate("--ram-file");
+    Result<MappedMemory> m = MappedMemory::SharedFile(bp->path);
+    if (!m.ok()) return Error(Code::kUnavailable, m.status().ToString());
+    ram_files->emplace(bp->block, std::move(m).value());
+  }
+  return Status::Ok();
+}
+
+// Opens the destination QEMU's stream once a source is accepted. exec: mode (`-`): the stream owns
+// stdout, so it is kept aside now and fd 1 points at stderr: nothing else can ever write into
+// QEMU's stream (and fd 1 is never reused for a socket).
+std::function<Result<Fd>()> QemuConnector(const QemuEndpoint& qemu) {
+  auto stream_out = std::make_shared<Fd>();
+  if (qemu.kind == QemuEndpoint::kStdio) {
+    *stream_out = Fd(::dup(STDOUT_FILENO));
+    ::dup2(STDERR_FILENO, STDOUT_FILENO);
+  }
+  return [qemu, stream_out]() -> Result<Fd> {
+    if (qemu.kind == QemuEndpoint::kStdio) return std::move(*stream_out);
+    if (qemu.kind == QemuEndpoint::kUnix) return ConnectUnix(qemu.path, std::chrono::seconds(10));
+    return ConnectTcp(qemu.tcp, std::chrono::seconds(10));
+  };
+}
+
+// The report goes to stdout, which is stderr in exec: mode (see QemuConnector).
+void PrintReceiveReport(const endpoint::DestinationStreamReport& r, bool holding) {
+  std::FILE* out = stdout;
+  std::fprintf(out, "rdmig receive: %s written to QEMU over %s, %s mode\n",
+               FormatBytes(double(r.qemu_bytes)).c_str(), r.transport.c_str(), r.mode.c_str());
+  if (r.transport == "tcp") {
+    std::fprintf(out, "  lanes    %lu pages landed (%s)\n", static_cast<unsigned long>(r.pages),
+                 FormatBytes(double(r.lane_bytes)).c_str());
+  }
+  std::fprintf(out, "  layout   %s\n", r.layout.c_str());
+  if (!r.passthrough.empty()) std::fprintf(out, "  pass-through: %s\n", r.passthrough.c_str());
+  std::fprintf(out, "  end      %s\n",
+               r.qemu_all_read ? "the destination QEMU read its whole stream"
+                               : ("not shown that QEMU read its whole stream: " + r.delivery_note)
+                                     .c_str());
+  if (holding) {
+    std::fprintf(out, "  the destination QEMU stays paused until the switchover is verified "
+                      "(rdmig migrate, or QMP cont)\n");
+  }
+}
+
+nlohmann::json ReceiveReportJson(const endpoint::DestinationStreamReport& r) {
+  return {{"outcome", "completed"},  {"qemu_all_read", r.qemu_all_read},
+          {"delivery_note", r.delivery_note}, {"transport", r.transport},
+          {"mode", r.mode},          {"layout", r.layout},
+          {"qemu_bytes", r.qemu_bytes}, {"pages", r.pages},
+          {"lane_bytes", r.lane_bytes}, {"passthrough", r.passthrough}};
+}
+
+// The endpoint's and its link's options from the command line; an error is bad input (exit 2)
+// unless it says otherwise (kUnavailable: a RAM file could not be mapped, exit 1).
+Status ReceiveOptions(const ReceiveArgs& a, const HostPort& addr, const std::string& key,
+                      std::map<std::string, MappedMemory>* ram_files,
+                      endpoint::DestinationStreamOptions* opts, session::DestinationOptions* link) {
+  link->key = key;
+  link->on_refused = [](const Status& s) { spdlog::warn("refused a source: {}", s.message()); };
+  if (a.mode == "direct") {
+    opts->mode = endpoint::DestinationStreamOptions::Mode::kDirect;
+    RDMIG_RETURN_IF_ERROR(MapRamFiles(a.ram_files, ram_files));
+    opts->ram_files = ram_files;
+  } else if (a.mode != "staged") {
+    return Error(Code::kInvalidArgument, "--mode must be direct or staged");
+  }
+  opts->timeout = std::chrono::milliseconds(static_cast<int64_t>(a.timeout_s * 1000));
+  link->timeout = opts->timeout;
+  return ChooseDestinationTransports(a.transport, addr.host, link);
+}
+
 int RunReceive(const ReceiveArgs& a) {
   auto addr = ParseHostPort(a.listen);
   auto to = ParseQemuEndpoint(a.to_qemu);
@@ -230,51 +320,13 @@ int RunReceive(const ReceiveArgs& a) {
     }
   }
   endpoint::DestinationStreamOptions opts;
-  opts.key = *key;
-  opts.on_refused = [](const Status& s) { spdlog::warn("refused a source: {}", s.message()); };
+  session::DestinationOptions link;
   std::map<std::string, MappedMemory> ram_files;
-  if (a.mode == "direct") {
-    opts.mode = endpoint::DestinationStreamOptions::Mode::kDirect;
-    if (a.ram_files.empty()) {
-      spdlog::error("direct mode needs --ram-file BLOCK=PATH (e.g. mem0=/dev/shm/guest.ram)");
-      return 2;
-    }
-    for (const std::string& spec : a.ram_files) {
-      auto bp = ParseBlockPath(spec);
-      if (!bp.ok()) {
-        spdlog::error("--ram-file: {}", bp.status().message());
-        return 2;
-      }
-      auto m = MappedMemory::SharedFile(bp->path);
-      if (!m.ok()) {
-        spdlog::error("{}", m.status().ToString());
-        return 1;
-      }
-      ram_files.emplace(bp->block, std::move(m).value());
-    }
-    opts.ram_files = &ram_files;
-  } else if (a.mode != "staged") {
-    spdlog::error("--mode must be direct or staged");
-    return 2;
-  }
-  opts.timeout = std::chrono::milliseconds(static_cast<int64_t>(a.timeout_s * 1000));
-  if (Status s = ChooseDestinationTransports(a.transport, addr->host, &opts); !s.ok()) {
+  if (Status s = ReceiveOptions(a, *addr, *key, &ram_files, &opts, &link); !s.ok()) {
     spdlog::error("{}", s.message());
-    return 2;
+    return s.code() == Code::kUnavailable ? 1 : 2;
   }
-  const QemuEndpoint qemu = *to;
-  // exec: mode: the stream owns stdout. Keep it aside and point fd 1 at stderr, so that nothing
-  // else can ever write into QEMU's stream (and fd 1 is never reused for a socket).
-  auto stream_out = std::make_shared<Fd>();
-  if (qemu.kind == QemuEndpoint::kStdio) {
-    *stream_out = Fd(::dup(STDOUT_FILENO));
-    ::dup2(STDERR_FILENO, STDOUT_FILENO);
-  }
-  opts.connect_qemu = [qemu, stream_out]() -> Result<Fd> {
-    if (qemu.kind == QemuEndpoint::kStdio) return std::move(*stream_out);
-    if (qemu.kind == QemuEndpoint::kUnix) return ConnectUnix(qemu.path, std::chrono::seconds(10));
-    return ConnectTcp(qemu.tcp, std::chrono::seconds(10));
-  };
+  opts.connect_qemu = QemuConnector(*to);
   DestinationGuard guard;
   if (Status held = guard.Hold(a.dest_qmp); !held.ok()) {
     spdlog::error("--dest-qmp: {}", held.ToString());
@@ -289,8 +341,7 @@ int RunReceive(const ReceiveArgs& a) {
   std::fprintf(stderr, "rdmig receive: listening on %s:%u (%s mode)\n", addr->host.c_str(),
                listener->port(), a.mode.c_str());
   std::fflush(stderr);
-  auto r = endpoint::RunDestinationStream(*listener, opts);
-  FILE* out = stdout;  // stderr in exec: mode (see above)
+  auto r = endpoint::RunDestinationStream(session::AcceptOn(*listener, link), opts);
   if (!r.ok()) {
     spdlog::error("migration failed, destination QEMU's stream cut short: {}",
                   r.status().ToString());
@@ -298,32 +349,8 @@ int RunReceive(const ReceiveArgs& a) {
     WriteJson(a.json, {{"outcome", "failed"}, {"error", r.status().ToString()}});
     return 1;
   }
-  std::fprintf(out, "rdmig receive: %s written to QEMU over %s, %s mode\n",
-               FormatBytes(double(r->qemu_bytes)).c_str(), r->transport.c_str(), r->mode.c_str());
-  if (r->transport == "tcp") {
-    std::fprintf(out, "  lanes    %lu pages landed (%s)\n", static_cast<unsigned long>(r->pages),
-                 FormatBytes(double(r->lane_bytes)).c_str());
-  }
-  std::fprintf(out, "  layout   %s\n", r->layout.c_str());
-  if (!r->passthrough.empty()) std::fprintf(out, "  pass-through: %s\n", r->passthrough.c_str());
-  std::fprintf(out, "  end      %s\n",
-               r->qemu_all_read ? "the destination QEMU read its whole stream"
-                                : ("not shown that QEMU read its whole stream: " + r->delivery_note)
-                                      .c_str());
-  if (guard.holding()) {
-    std::fprintf(out, "  the destination QEMU stays paused until the switchover is verified "
-                      "(rdmig migrate, or QMP cont)\n");
-  }
-  WriteJson(a.json, {{"outcome", "completed"},
-                     {"qemu_all_read", r->qemu_all_read},
-                     {"delivery_note", r->delivery_note},
-                     {"transport", r->transport},
-                     {"mode", r->mode},
-                     {"layout", r->layout},
-                     {"qemu_bytes", r->qemu_bytes},
-                     {"pages", r->pages},
-                     {"lane_bytes", r->lane_bytes},
-                     {"passthrough", r->passthrough}});
+  PrintReceiveReport(*r, guard.holding());
+  WriteJson(a.json, ReceiveReportJson(*r));
   return 0;
 }
 

@@ -29,7 +29,8 @@ class AuthTest : public ListenerFixture<kBytes> {
  protected:
   // Counts how often the destination got as far as registering memory.
   PrepareRegions Prepare() {
-    return [this](const std::vector<RegionSpec>& offered, RegionRegistry* regions) -> Status {
+    return [this](const std::vector<RegionSpec>& offered,
+                  RegionRegistry* regions) -> Result<std::string> {
       ++prepared_;
       return AddRam(offered, regions);
     };

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "control/session/session.h"
@@ -22,13 +23,15 @@ class ListenerFixture : public ::testing::Test {
     listener_ = std::make_unique<DestinationListener>(std::move(l).value());
   }
   HostPort addr() const { return HostPort{"127.0.0.1", listener_->port()}; }
-  // Registers `dst_` as the first offered region.
-  Status AddRam(const std::vector<RegionSpec>& offered, RegionRegistry* regions) {
-    return regions->Add(offered[0].id, "ram", dst_.data(), dst_.size());
+  // Registers `dst_` as the first offered region; returns the mode told to the source.
+  Result<std::string> AddRam(const std::vector<RegionSpec>& offered, RegionRegistry* regions) {
+    RDMIG_RETURN_IF_ERROR(regions->Add(offered[0].id, "ram", dst_.data(), dst_.size()));
+    return mode_;
   }
 
   std::unique_ptr<DestinationListener> listener_;
   testing::AnonMemory dst_{kBytes};
+  std::string mode_ = "memory";
 };
 
 }  // namespace rdmig::session

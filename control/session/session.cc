@@ -50,78 +50,38 @@ std::string HelloBytes(const pb::Hello& hello) {
 // ---------------------------------------------------------------------------------------------
 // Source
 
-Result<std::unique_ptr<SourceSession>> SourceSession::Connect(const HostPort& control,
-                                                              std::vector<RegionSpec> regions,
-                                                              const SourceOptions& options) {
-  RDMIG_RETURN_IF_ERROR(CheckLaneCount(options.lanes));
-  RDMIG_ASSIGN_OR_RETURN(Fd fd, ConnectTcp(control, options.timeout));
-  RDMIG_RETURN_IF_ERROR(SetSendTimeout(fd.get(), options.timeout));
-  std::unique_ptr<SourceSession> s(new SourceSession());
-  s->control_ = ControlChannel(std::move(fd), control.ToString());
-  s->on_return_path_ = options.on_return_path;
+namespace {
 
-  pb::SourceMessage msg;
-  pb::Hello* hello = msg.mutable_hello();
-  hello->set_protocol_version(kProtocolVersion);
-  for (TransportKind k : options.transports) hello->add_transports(ToPb(k));
-  hello->set_lanes(options.lanes);
-  hello->set_source_name(options.name);
+pb::Hello MakeHello(const std::vector<RegionSpec>& regions, const SourceOptions& options) {
+  pb::Hello hello;
+  hello.set_protocol_version(kProtocolVersion);
+  for (TransportKind k : options.transports) hello.add_transports(ToPb(k));
+  hello.set_lanes(options.lanes);
+  hello.set_source_name(options.name);
   if (!options.target.empty()) {
-    pb::Target* t = hello->mutable_target();
+    pb::Target* t = hello.mutable_target();
     t->set_qemu_socket(options.target.qemu_socket);
     t->set_mode(options.target.mode);
     t->set_domain(options.target.domain);
     for (const std::string& f : options.target.ram_files) t->add_ram_files(f);
   }
   for (const RegionSpec& r : regions) {
-    pb::RegionLayout* l = hello->add_regions();
+    pb::RegionLayout* l = hello.add_regions();
     l->set_id(r.id);
     l->set_name(r.name);
     l->set_length(r.length);
   }
-  std::string client_nonce;
-  if (!options.key.empty()) {
-    RDMIG_ASSIGN_OR_RETURN(client_nonce, RandomNonce());
-    hello->mutable_auth()->set_method(std::string(kAuthMethod));
-    hello->mutable_auth()->set_client_nonce(client_nonce);
-  }
-  RDMIG_RETURN_IF_ERROR(s->control_.Send(msg));
+  return hello;
+}
 
-  pb::DestinationMessage reply;
-  RDMIG_RETURN_IF_ERROR(
-      s->control_.Receive(&reply, options.timeout).Annotate("waiting for the handshake reply"));
-  if (reply.has_auth_challenge() && options.key.empty()) {
-    return Error(Code::kPermissionDenied, "destination " + control.ToString() +
-                                              " requires authentication: give the key file "
-                                              "its `rdmig receive` uses (--key-file)");
-  }
-  if (!options.key.empty() && !reply.has_refuse()) {
-    if (!reply.has_auth_challenge()) {
-      return Error(Code::kPermissionDenied,
-                   "destination " + control.ToString() +
-                       " did not authenticate (it runs without --key-file): not sending it memory");
-    }
-    const pb::AuthChallenge& ch = reply.auth_challenge();
-    if (!ProofsEqual(ServerProof(options.key, client_nonce, ch.server_nonce()),
-                     ch.server_proof())) {
-      return Error(Code::kPermissionDenied,
-                   "destination " + control.ToString() +
-                       " failed to prove it holds the key: the two sides have different keys");
-    }
-    pb::SourceMessage response;
-    response.mutable_auth_response()->set_client_proof(
-        ClientProof(options.key, ch.server_nonce(), client_nonce, HelloBytes(*hello)));
-    RDMIG_RETURN_IF_ERROR(s->control_.Send(response));
-    RDMIG_RETURN_IF_ERROR(
-        s->control_.Receive(&reply, options.timeout).Annotate("waiting for the handshake reply"));
-  }
+// The destination's answer to the Hello checked: it accepted the source's version and lanes.
+Status CheckAccept(const pb::DestinationMessage& reply, const std::string& destination,
+                   const SourceOptions& options) {
   if (reply.has_refuse()) {
     return Error(Code::kPermissionDenied,
-                 "destination " + control.ToString() + " refused: " + reply.refuse().reason());
+                 "destination " + destination + " refused: " + reply.refuse().reason());
   }
-  if (!reply.has_accept()) {
-    return Error(Code::kProtocol, "destination sent no handshake reply");
-  }
+  if (!reply.has_accept()) return Error(Code::kProtocol, "destination sent no handshake reply");
   const pb::Accept& acc = reply.accept();
   if (acc.protocol_version() != kProtocolVersion) {
     return Error(Code::kProtocol,
@@ -131,52 +91,124 @@ Result<std::unique_ptr<SourceSession>> SourceSession::Connect(const HostPort& co
     return Error(Code::kProtocol, "destination accepted " + std::to_string(acc.lanes()) +
                                       " lanes, asked for " + std::to_string(options.lanes));
   }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<std::unique_ptr<SourceSession>> SourceSession::Connect(const HostPort& control,
+                                                              std::vector<RegionSpec> regions,
+                                                              const SourceOptions& options) {
+  RDMIG_RETURN_IF_ERROR(CheckLaneCount(options.lanes));
+  RDMIG_ASSIGN_OR_RETURN(Fd fd, ConnectTcp(control, options.timeout));
+  RDMIG_RETURN_IF_ERROR(SetSendTimeout(fd.get(), options.timeout));
+  std::unique_ptr<SourceSession> s(new SourceSession());
+  s->control_ = ControlChannel(std::move(fd), control.ToString());
+  s->on_return_path_ = options.on_return_path;
+  pb::DestinationMessage reply;
+  RDMIG_RETURN_IF_ERROR(s->Handshake(MakeHello(regions, options), control, options, &reply));
+  RDMIG_RETURN_IF_ERROR(CheckAccept(reply, control.ToString(), options));
+  const pb::Accept& acc = reply.accept();
   s->session_id_ = acc.session_id();
   s->registered_.assign(acc.regions().begin(), acc.regions().end());
   s->mode_ = acc.mode();
   s->note_ = acc.note();
+  pb::DestinationMessage fallback;  // the destination's TCP Accept after RDMA failed, if it came
   const pb::Accept* chosen = &acc;
-  pb::DestinationMessage second;  // the destination's fallback Accept, when it sends one
   if (acc.transport() == pb::TRANSPORT_RDMA) {
-    std::vector<RemoteRegion> remote;
-    for (const pb::RdmaRegion& r : acc.rdma().regions()) {
-      remote.push_back(RemoteRegion{r.id(), r.addr(), r.rkey(), r.length()});
-    }
-    const std::string host = acc.rdma().host().empty() ? control.host : acc.rdma().host();
-    Result<std::unique_ptr<Transport>> rdma =
-        ConnectRdmaLanes(host, static_cast<uint16_t>(acc.rdma().port()), s->session_id_,
-                         options.lanes, std::move(remote), kRdmaConnectTimeout);
-    if (!rdma.ok()) {
-      pb::SourceMessage failed;
-      failed.mutable_rdma_failed()->set_reason(rdma.status().ToString());
-      RDMIG_RETURN_IF_ERROR(s->control_.Send(failed));
-      s->note_ = "rdma failed at the source: " + rdma.status().ToString();
-    }
-    RDMIG_RETURN_IF_ERROR(
-        s->control_.Receive(&second, options.timeout).Annotate("waiting for the RDMA lanes"));
-    if (second.has_ready() && rdma.ok()) {
-      s->kind_ = TransportKind::kRdma;
-      s->transport_ = std::move(rdma).value();
-      return s;
-    }
-    if (!second.has_accept() || second.accept().transport() != pb::TRANSPORT_TCP) {
-      return Error(Code::kProtocol, "destination answered neither Ready nor a TCP fallback");
-    }
-    chosen = &second.accept();
-    if (!chosen->note().empty()) s->note_ = chosen->note();
+    RDMIG_ASSIGN_OR_RETURN(bool rdma, s->ConnectRdma(acc, control, options, &fallback));
+    if (rdma) return s;
+    chosen = &fallback.accept();
   } else if (acc.transport() != pb::TRANSPORT_TCP) {
     return Error(Code::kUnavailable, "destination chose a transport this source cannot run");
   }
-  s->kind_ = TransportKind::kTcp;
-  HostPort data{chosen->tcp().host().empty() ? control.host : chosen->tcp().host(),
-                static_cast<uint16_t>(chosen->tcp().port())};
+  RDMIG_RETURN_IF_ERROR(s->ConnectTcpLanes(*chosen, control, options));
+  return s;
+}
+
+// Sends the Hello and, with a key, runs the mutual proof; `reply` is the destination's answer.
+Status SourceSession::Handshake(const pb::Hello& hello, const HostPort& control,
+                                const SourceOptions& options, pb::DestinationMessage* reply) {
+  pb::SourceMessage msg;
+  *msg.mutable_hello() = hello;
+  std::string client_nonce;
+  if (!options.key.empty()) {
+    RDMIG_ASSIGN_OR_RETURN(client_nonce, RandomNonce());
+    msg.mutable_hello()->mutable_auth()->set_method(std::string(kAuthMethod));
+    msg.mutable_hello()->mutable_auth()->set_client_nonce(client_nonce);
+  }
+  RDMIG_RETURN_IF_ERROR(control_.Send(msg));
+  RDMIG_RETURN_IF_ERROR(
+      control_.Receive(reply, options.timeout).Annotate("waiting for the handshake reply"));
+  if (reply->has_auth_challenge() && options.key.empty()) {
+    return Error(Code::kPermissionDenied, "destination " + control.ToString() +
+                                              " requires authentication: give the key file "
+                                              "its `rdmig receive` uses (--key-file)");
+  }
+  if (options.key.empty() || reply->has_refuse()) return Status::Ok();
+  if (!reply->has_auth_challenge()) {
+    return Error(Code::kPermissionDenied,
+                 "destination " + control.ToString() +
+                     " did not authenticate (it runs without --key-file): not sending it memory");
+  }
+  const pb::AuthChallenge& ch = reply->auth_challenge();
+  if (!ProofsEqual(ServerProof(options.key, client_nonce, ch.server_nonce()), ch.server_proof())) {
+    return Error(Code::kPermissionDenied,
+                 "destination " + control.ToString() +
+                     " failed to prove it holds the key: the two sides have different keys");
+  }
+  pb::SourceMessage response;
+  response.mutable_auth_response()->set_client_proof(
+      ClientProof(options.key, ch.server_nonce(), client_nonce, HelloBytes(msg.hello())));
+  RDMIG_RETURN_IF_ERROR(control_.Send(response));
+  return control_.Receive(reply, options.timeout).Annotate("waiting for the handshake reply");
+}
+
+// The RDMA lanes the destination offered. True when they run; false when the destination fell
+// back to TCP (its Accept in `fallback`), after this side's failure or its own.
+Result<bool> SourceSession::ConnectRdma(const pb::Accept& acc, const HostPort& control,
+                                        const SourceOptions& options,
+                                        pb::DestinationMessage* fallback) {
+  std::vector<RemoteRegion> remote;
+  for (const pb::RdmaRegion& r : acc.rdma().regions()) {
+    remote.push_back(RemoteRegion{r.id(), r.addr(), r.rkey(), r.length()});
+  }
+  const std::string host = acc.rdma().host().empty() ? control.host : acc.rdma().host();
+  Result<std::unique_ptr<Transport>> rdma =
+      ConnectRdmaLanes(host, static_cast<uint16_t>(acc.rdma().port()), session_id_,
+                       options.lanes, std::move(remote), kRdmaConnectTimeout);
+  if (!rdma.ok()) {
+    pb::SourceMessage failed;
+    failed.mutable_rdma_failed()->set_reason(rdma.status().ToString());
+    RDMIG_RETURN_IF_ERROR(control_.Send(failed));
+    note_ = "rdma failed at the source: " + rdma.status().ToString();
+  }
+  RDMIG_RETURN_IF_ERROR(
+      control_.Receive(fallback, options.timeout).Annotate("waiting for the RDMA lanes"));
+  if (fallback->has_ready() && rdma.ok()) {
+    kind_ = TransportKind::kRdma;
+    transport_ = std::move(rdma).value();
+    return true;
+  }
+  if (!fallback->has_accept() || fallback->accept().transport() != pb::TRANSPORT_TCP) {
+    return Error(Code::kProtocol, "destination answered neither Ready nor a TCP fallback");
+  }
+  if (!fallback->accept().note().empty()) note_ = fallback->accept().note();
+  return false;
+}
+
+Status SourceSession::ConnectTcpLanes(const pb::Accept& chosen, const HostPort& control,
+                                      const SourceOptions& options) {
+  kind_ = TransportKind::kTcp;
+  HostPort data{chosen.tcp().host().empty() ? control.host : chosen.tcp().host(),
+                static_cast<uint16_t>(chosen.tcp().port())};
   RDMIG_ASSIGN_OR_RETURN(std::vector<Fd> lanes,
-                         ConnectTcpLanes(data, s->session_id_, options.lanes, options.timeout));
+                         ::rdmig::ConnectTcpLanes(data, session_id_, options.lanes, options.timeout));
   // A destination that stops reading (stalled, stopped) fails the migration after the timeout
   // instead of holding the source forever.
   for (const Fd& lane : lanes) RDMIG_RETURN_IF_ERROR(SetSendTimeout(lane.get(), options.timeout));
-  RDMIG_ASSIGN_OR_RETURN(s->transport_, TcpTransport::Create(std::move(lanes)));
-  return s;
+  RDMIG_ASSIGN_OR_RETURN(transport_, TcpTransport::Create(std::move(lanes)));
+  return Status::Ok();
 }
 
 Result<LandedReport> SourceSession::Complete(uint64_t final_mark, uint64_t pages, uint64_t bytes,
@@ -242,6 +274,26 @@ Status SourceSession::Pump(std::chrono::milliseconds timeout) {
   return Error(Code::kProtocol, "unexpected message from the destination while streaming");
 }
 
+Status SourceSession::SendChunk(const link::StreamChunk& chunk) {
+  pb::SourceMessage msg;
+  pb::StreamChunk* c = msg.mutable_chunk();
+  c->set_watermark(chunk.watermark);
+  c->set_ops(std::string(chunk.ops));
+  c->set_end(chunk.end);
+  if (!chunk.passthrough.empty()) c->set_passthrough(std::string(chunk.passthrough));
+  return control_.Send(msg);
+}
+
+link::ConnectSource ConnectTo(const HostPort& control, SourceOptions options) {
+  return [control, options](const std::vector<RegionSpec>& layout, link::ReturnPathSink sink)
+             -> Result<std::unique_ptr<link::SourceLink>> {
+    SourceOptions o = options;
+    o.on_return_path = std::move(sink);
+    RDMIG_ASSIGN_OR_RETURN(std::unique_ptr<SourceSession> s, SourceSession::Connect(control, layout, o));
+    return std::unique_ptr<link::SourceLink>(std::move(s));
+  };
+}
+
 Status DestinationSession::SendDelivered(const DeliveredReport& delivered) {
   pb::DestinationMessage m;
   m.mutable_delivered()->set_qemu_bytes(delivered.qemu_bytes);
@@ -300,30 +352,16 @@ Result<DestinationListener> DestinationListener::Listen(const HostPort& addr) {
   return l;
 }
 
-Result<std::unique_ptr<DestinationSession>> DestinationListener::Accept(
-    const PrepareRegions& prepare, const DestinationOptions& options) {
-  RDMIG_ASSIGN_OR_RETURN(Fd fd, AcceptTcp(fd_.get(), options.timeout));
-  std::unique_ptr<DestinationSession> d(new DestinationSession());
-  d->control_ = ControlChannel(std::move(fd), "source");
+namespace {
 
-  pb::SourceMessage msg;
-  RDMIG_RETURN_IF_ERROR(d->control_.Receive(&msg, options.timeout).Annotate("waiting for hello"));
-  auto refuse = [&](Status why) -> Status {
-    pb::DestinationMessage r;
-    r.mutable_refuse()->set_reason(why.message());
-    (void)d->control_.Send(r);  // best effort: the refusal is the error either way
-    return why;
-  };
-  if (!msg.has_hello()) return refuse(Error(Code::kProtocol, "first message is not a hello"));
-  const pb::Hello& hello = msg.hello();
-  if (hello.protocol_version() != kProtocolVersion) {
-    return refuse(Error(Code::kProtocol, "protocol version " +
-                                             std::to_string(hello.protocol_version()) +
-                                             " not supported (this rdmig speaks " +
-                                             std::to_string(kProtocolVersion) + ")"));
-  }
-  if (Status lanes = CheckLaneCount(hello.lanes(), options.max_lanes); !lanes.ok())
-    return refuse(lanes);
+// What the source offered and this destination allows: TCP, RDMA (needs an RDMA address), or
+// neither (an error the source is told).
+struct TransportChoice {
+  bool tcp = false;
+  bool rdma = false;
+};
+
+Result<TransportChoice> ChooseTransport(const pb::Hello& hello, const DestinationOptions& options) {
   bool tcp_offered = false, rdma_offered = false;
   for (int t : hello.transports()) {
     tcp_offered |= (t == pb::TRANSPORT_TCP);
@@ -334,128 +372,186 @@ Result<std::unique_ptr<DestinationSession>> DestinationListener::Accept(
     tcp_allowed |= (k == TransportKind::kTcp);
     rdma_allowed |= (k == TransportKind::kRdma);
   }
-  const bool tcp = tcp_offered && tcp_allowed;
-  const bool rdma = rdma_offered && rdma_allowed && !options.rdma_ip.empty();
-  if (!tcp && !rdma) {
-    std::string why = "no transport in common";
-    if (rdma_offered && !tcp_offered)
-      why += " (the source asks for RDMA; this destination has no RDMA address)";
-    return refuse(Error(Code::kUnavailable, why));
+  TransportChoice c{tcp_offered && tcp_allowed,
+                    rdma_offered && rdma_allowed && !options.rdma_ip.empty()};
+  if (c.tcp || c.rdma) return c;
+  std::string why = "no transport in common";
+  if (rdma_offered && !tcp_offered) {
+    why += " (the source asks for RDMA; this destination has no RDMA address)";
   }
-  // Authentication comes before anything is registered or any rkey leaves this host.
-  if (!options.key.empty()) {
-    if (!hello.has_auth() || hello.auth().method() != kAuthMethod ||
-        hello.auth().client_nonce().size() != kNonceBytes) {
-      return refuse(Error(Code::kPermissionDenied,
-                          "authentication required: this destination accepts only a source "
-                          "holding its key (--key-file)"));
-    }
-    RDMIG_ASSIGN_OR_RETURN(std::string server_nonce, RandomNonce());
-    pb::DestinationMessage challenge;
-    challenge.mutable_auth_challenge()->set_server_nonce(server_nonce);
-    challenge.mutable_auth_challenge()->set_server_proof(
-        ServerProof(options.key, hello.auth().client_nonce(), server_nonce));
-    RDMIG_RETURN_IF_ERROR(d->control_.Send(challenge));
-    pb::SourceMessage response;
-    if (Status got = d->control_.Receive(&response, options.timeout); !got.ok()) {
-      // A source that hangs up here found our proof wrong: it holds another key.
-      return refuse(Error(Code::kPermissionDenied,
-                          "authentication failed: the source went away instead of proving it "
-                          "holds the key (" +
-                              got.ToString() + ")"));
-    }
-    if (!response.has_auth_response() ||
-        !ProofsEqual(
-            ClientProof(options.key, server_nonce, hello.auth().client_nonce(), HelloBytes(hello)),
-            response.auth_response().client_proof())) {
-      return refuse(
-          Error(Code::kPermissionDenied,
-                "authentication failed: the source does not hold this destination's key"));
-    }
-  } else if (hello.has_auth()) {
-    return refuse(Error(Code::kPermissionDenied,
-                        "the source authenticates but this destination has no key (--key-file): "
-                        "refusing to run unauthenticated"));
+  return Error(Code::kUnavailable, why);
+}
+
+// The version and lanes of a Hello this destination can serve.
+Status CheckHello(const pb::SourceMessage& msg, const DestinationOptions& options) {
+  if (!msg.has_hello()) return Error(Code::kProtocol, "first message is not a hello");
+  const pb::Hello& hello = msg.hello();
+  if (hello.protocol_version() != kProtocolVersion) {
+    return Error(Code::kProtocol, "protocol version " + std::to_string(hello.protocol_version()) +
+                                      " not supported (this rdmig speaks " +
+                                      std::to_string(kProtocolVersion) + ")");
   }
-  std::string mode = options.mode;
-  if (options.on_target) {
-    Target target;
-    target.qemu_socket = hello.target().qemu_socket();
-    target.mode = hello.target().mode();
-    target.domain = hello.target().domain();
-    for (const std::string& f : hello.target().ram_files()) target.ram_files.push_back(f);
-    if (Status ok = options.on_target(target, &mode); !ok.ok()) return refuse(ok);
-  }
+  return CheckLaneCount(hello.lanes(), options.max_lanes);
+}
+
+Target TargetOf(const pb::Hello& hello) {
+  Target target;
+  target.qemu_socket = hello.target().qemu_socket();
+  target.mode = hello.target().mode();
+  target.domain = hello.target().domain();
+  for (const std::string& f : hello.target().ram_files()) target.ram_files.push_back(f);
+  return target;
+}
+
+std::vector<RegionSpec> OfferedLayout(const pb::Hello& hello) {
   std::vector<RegionSpec> offered;
-  for (const pb::RegionLayout& r : hello.regions())
-    offered.push_back({r.id(), r.name(), r.length()});
+  for (const pb::RegionLayout& r : hello.regions()) offered.push_back({r.id(), r.name(), r.length()});
+  return offered;
+}
 
-  d->regions_ = std::make_unique<RegionRegistry>();
-  if (Status prepared = prepare(offered, d->regions_.get()); !prepared.ok()) {
-    return refuse(prepared);
+}  // namespace
+
+Result<std::unique_ptr<DestinationSession>> DestinationListener::Accept(
+    const PrepareRegions& prepare, const DestinationOptions& options) {
+  RDMIG_ASSIGN_OR_RETURN(Fd fd, AcceptTcp(fd_.get(), options.timeout));
+  std::unique_ptr<DestinationSession> d(new DestinationSession());
+  d->control_ = ControlChannel(std::move(fd), "source");
+  pb::SourceMessage msg;
+  RDMIG_RETURN_IF_ERROR(d->control_.Receive(&msg, options.timeout).Annotate("waiting for hello"));
+  if (Status ok = CheckHello(msg, options); !ok.ok()) return d->Refuse(ok);
+  const pb::Hello& hello = msg.hello();
+  Result<TransportChoice> choice = ChooseTransport(hello, options);
+  if (!choice.ok()) return d->Refuse(choice.status());
+  // Authentication comes before anything is registered or any rkey leaves this host.
+  if (Status ok = d->Authenticate(hello, options); !ok.ok()) return d->Refuse(ok);
+  if (options.on_target) {
+    if (Status ok = options.on_target(TargetOf(hello)); !ok.ok()) return d->Refuse(ok);
   }
+  d->regions_ = std::make_unique<RegionRegistry>();
+  Result<std::string> mode = prepare(OfferedLayout(hello), d->regions_.get());
+  if (!mode.ok()) return d->Refuse(mode.status());
   d->session_id_ = NewSessionId();
-
   pb::DestinationMessage reply;
   pb::Accept* acc = reply.mutable_accept();
   acc->set_protocol_version(kProtocolVersion);
   acc->set_lanes(hello.lanes());
   acc->set_session_id(d->session_id_);
-  acc->set_mode(mode);
+  acc->set_mode(*mode);
   for (const Region& r : d->regions_->regions()) acc->add_regions(r.id);
-
   std::string note;
-  if (rdma) {
-    Result<std::unique_ptr<RdmaLanesListener>> rx =
-        ListenRdmaLanes(options.rdma_ip, d->regions_.get());
-    if (rx.ok()) {
-      acc->set_transport(pb::TRANSPORT_RDMA);
-      acc->mutable_rdma()->set_host(options.rdma_ip);
-      acc->mutable_rdma()->set_port((*rx)->port());
-      for (const RemoteRegion& r : (*rx)->remote_regions()) {
-        pb::RdmaRegion* out = acc->mutable_rdma()->add_regions();
-        out->set_id(r.id);
-        out->set_addr(r.addr);
-        out->set_rkey(r.rkey);
-        out->set_length(r.length);
-      }
-      RDMIG_RETURN_IF_ERROR(d->control_.Send(reply));
-      Status lanes = (*rx)->AcceptLanes(hello.lanes(), d->session_id_, kRdmaConnectTimeout);
-      if (lanes.ok()) {
-        pb::DestinationMessage ready;
-        ready.mutable_ready();
-        RDMIG_RETURN_IF_ERROR(d->control_.Send(ready));
-        d->kind_ = TransportKind::kRdma;
-        d->receiver_ = std::move(rx).value();
-        return d;
-      }
-      note = "rdma lanes did not connect: " + lanes.ToString();
-    } else {
-      note = "rdma unavailable at the destination: " + rx.status().ToString();
-    }
-    if (!tcp) return refuse(Error(Code::kUnavailable, note));
+  if (choice->rdma) {
+    RDMIG_ASSIGN_OR_RETURN(bool rdma, d->OfferRdma(hello.lanes(), options, &reply, &note));
+    if (rdma) return d;
+    if (!choice->tcp) return d->Refuse(Error(Code::kUnavailable, note));
     acc->clear_rdma();
   }
-  RDMIG_ASSIGN_OR_RETURN(
-      Fd data_listener,
-      ListenTcp(HostPort{options.data_host.empty() ? host_ : options.data_host, 0}));
-  RDMIG_ASSIGN_OR_RETURN(uint16_t data_port, LocalPort(data_listener.get()));
-  d->kind_ = TransportKind::kTcp;
-  acc->set_transport(pb::TRANSPORT_TCP);
-  acc->mutable_tcp()->set_host(options.data_host);
-  acc->mutable_tcp()->set_port(data_port);
   acc->set_note(note.empty() ? "" : "tcp, because " + note);
-  RDMIG_RETURN_IF_ERROR(d->control_.Send(reply));
-
-  RDMIG_ASSIGN_OR_RETURN(std::vector<Fd> lanes, AcceptTcpLanes(data_listener.get(), d->session_id_,
-                                                               hello.lanes(), options.timeout));
-  RDMIG_ASSIGN_OR_RETURN(d->receiver_, TcpReceiver::Start(std::move(lanes), d->regions_.get()));
+  RDMIG_RETURN_IF_ERROR(d->OfferTcp(hello.lanes(), options, host_, &reply));
   return d;
 }
 
-Status SourceSession::Explain(const Status& local, std::chrono::milliseconds wait) {
+// Tells the source why it is refused (best effort: the refusal is the error either way).
+Status DestinationSession::Refuse(const Status& why) {
+  pb::DestinationMessage r;
+  r.mutable_refuse()->set_reason(why.message());
+  (void)control_.Send(r);
+  return why;
+}
+
+// With a key: the mutual proof; without one, a source that authenticates is refused too.
+Status DestinationSession::Authenticate(const pb::Hello& hello, const DestinationOptions& options) {
+  if (options.key.empty()) {
+    if (!hello.has_auth()) return Status::Ok();
+    return Error(Code::kPermissionDenied,
+                 "the source authenticates but this destination has no key (--key-file): "
+                 "refusing to run unauthenticated");
+  }
+  if (!hello.has_auth() || hello.auth().method() != kAuthMethod ||
+      hello.auth().client_nonce().size() != kNonceBytes) {
+    return Error(Code::kPermissionDenied,
+                 "authentication required: this destination accepts only a source holding its "
+                 "key (--key-file)");
+  }
+  RDMIG_ASSIGN_OR_RETURN(std::string server_nonce, RandomNonce());
+  pb::DestinationMessage challenge;
+  challenge.mutable_auth_challenge()->set_server_nonce(server_nonce);
+  challenge.mutable_auth_challenge()->set_server_proof(
+      ServerProof(options.key, hello.auth().client_nonce(), server_nonce));
+  RDMIG_RETURN_IF_ERROR(control_.Send(challenge));
+  pb::SourceMessage response;
+  if (Status got = control_.Receive(&response, options.timeout); !got.ok()) {
+    // A source that hangs up here found our proof wrong: it holds another key.
+    return Error(Code::kPermissionDenied,
+                 "authentication failed: the source went away instead of proving it holds the "
+                 "key (" + got.ToString() + ")");
+  }
+  if (!response.has_auth_response() ||
+      !ProofsEqual(
+          ClientProof(options.key, server_nonce, hello.auth().client_nonce(), HelloBytes(hello)),
+          response.auth_response().client_proof())) {
+    return Error(Code::kPermissionDenied,
+                 "authentication failed: the source does not hold this destination's key");
+  }
+  return Status::Ok();
+}
+
+// Registers the regions for RDMA, sends the Accept with their keys and waits for the lanes. True
+// when they run; false with `note` saying why not (the caller falls back to TCP or refuses).
+Result<bool> DestinationSession::OfferRdma(uint32_t lanes, const DestinationOptions& options,
+                                           pb::DestinationMessage* reply, std::string* note) {
+  Result<std::unique_ptr<RdmaLanesListener>> rx = ListenRdmaLanes(options.rdma_ip, regions_.get());
+  if (!rx.ok()) {
+    *note = "rdma unavailable at the destination: " + rx.status().ToString();
+    return false;
+  }
+  pb::Accept* acc = reply->mutable_accept();
+  acc->set_transport(pb::TRANSPORT_RDMA);
+  acc->mutable_rdma()->set_host(options.rdma_ip);
+  acc->mutable_rdma()->set_port((*rx)->port());
+  for (const RemoteRegion& r : (*rx)->remote_regions()) {
+    pb::RdmaRegion* out = acc->mutable_rdma()->add_regions();
+    out->set_id(r.id);
+    out->set_addr(r.addr);
+    out->set_rkey(r.rkey);
+    out->set_length(r.length);
+  }
+  RDMIG_RETURN_IF_ERROR(control_.Send(*reply));
+  Status accepted = (*rx)->AcceptLanes(lanes, session_id_, kRdmaConnectTimeout);
+  if (!accepted.ok()) {
+    *note = "rdma lanes did not connect: " + accepted.ToString();
+    return false;
+  }
+  pb::DestinationMessage ready;
+  ready.mutable_ready();
+  RDMIG_RETURN_IF_ERROR(control_.Send(ready));
+  kind_ = TransportKind::kRdma;
+  receiver_ = std::move(rx).value();
+  return true;
+}
+
+// A data listener on an ephemeral port, the Accept naming it, and the source's lanes.
+Status DestinationSession::OfferTcp(uint32_t lanes, const DestinationOptions& options,
+                                    const std::string& control_host,
+                                    pb::DestinationMessage* reply) {
+  RDMIG_ASSIGN_OR_RETURN(
+      Fd data_listener,
+      ListenTcp(HostPort{options.data_host.empty() ? control_host : options.data_host, 0}));
+  RDMIG_ASSIGN_OR_RETURN(uint16_t data_port, LocalPort(data_listener.get()));
+  kind_ = TransportKind::kTcp;
+  pb::Accept* acc = reply->mutable_accept();
+  acc->set_transport(pb::TRANSPORT_TCP);
+  acc->mutable_tcp()->set_host(options.data_host);
+  acc->mutable_tcp()->set_port(data_port);
+  RDMIG_RETURN_IF_ERROR(control_.Send(*reply));
+  RDMIG_ASSIGN_OR_RETURN(std::vector<Fd> accepted, AcceptTcpLanes(data_listener.get(), session_id_,
+                                                                  lanes, options.timeout));
+  RDMIG_ASSIGN_OR_RETURN(receiver_, TcpReceiver::Start(std::move(accepted), regions_.get()));
+  return Status::Ok();
+}
+
+Status SourceSession::Explain(const Status& local) {
   pb::DestinationMessage msg;
-  if (ReceiveReply(&msg, wait).ok() && msg.has_landed() && !msg.landed().ok()) {
+  if (ReceiveReply(&msg, kExplainWait).ok() && msg.has_landed() && !msg.landed().ok()) {
     return Error(Code::kAborted,
                  "destination: " + msg.landed().error() + " (here: " + local.ToString() + ")");
   }
@@ -535,93 +631,124 @@ Status CheckLanesLanded(const Receiver& rx, const pb::Complete& sent) {
 
 }  // namespace
 
-Result<LandedReport> DestinationSession::Serve(std::chrono::milliseconds timeout,
-                                               const MessageHandler& other) {
-  LandedReport landed;
-  bool& completed = completed_;  // the source's Complete was confirmed: its closing is the normal end
+Status DestinationSession::WaitForSource(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
-    pb::SourceMessage msg;
-    // Wait for the next message in slices, watching the lanes meanwhile: a source that lost its
-    // control connection but closed its lanes has failed, and this side must not wait on.
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    Status ready = Error(Code::kTimeout, "control channel from the source: nothing within " +
-                                             std::to_string(timeout.count()) + " ms");
-    for (;;) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - std::chrono::steady_clock::now());
-      if (left.count() <= 0) break;
-      Status readable =
-          WaitReadable(control_.fd(), std::min(left, std::chrono::milliseconds(250)), "source");
-      if (readable.code() != Code::kTimeout) {
-        ready = readable;
-        break;
-      }
-      if (completed) continue;
-      if (Status lanes = receiver_->WaitWatermark(UINT64_MAX, std::chrono::milliseconds(0));
-          lanes.code() != Code::kTimeout) {
-        receiver_->Abort();
-        return lanes.Annotate("data lanes (the source's control channel is silent)");
-      }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      return Error(Code::kTimeout, "control channel from the source: nothing within " +
+                                       std::to_string(timeout.count()) + " ms");
     }
-    // Readable: the whole message must follow within the timeout (Receive's own deadline).
-    Status s = ready.ok() ? control_.Receive(&msg, timeout) : ready;
-    if (!s.ok()) {
-      receiver_->Abort();
-      if (s.code() == Code::kPeerClosed && completed) return landed;
-      return s.Annotate("source control channel");
-    }
-    if (msg.has_complete()) {
-      Status w = receiver_->WaitWatermark(msg.complete().watermark(), timeout);
-      if (w.ok()) w = receiver_->WaitFinished(timeout);
-      for (uint32_t l = 0; l < receiver_->capabilities().lanes; ++l) {
-        LaneCounters c = receiver_->Counters(l);
-        landed.pages += c.pages;
-        landed.bytes += c.bytes;
-      }
-      if (w.ok()) w = CheckLanesLanded(*receiver_, msg.complete());
-      pb::DestinationMessage reply;
-      reply.mutable_landed()->set_ok(w.ok());
-      reply.mutable_landed()->set_error(w.ok() ? "" : w.ToString());
-      reply.mutable_landed()->set_pages(landed.pages);
-      reply.mutable_landed()->set_bytes(landed.bytes);
-      RDMIG_RETURN_IF_ERROR(control_.Send(reply));
-      if (!w.ok()) return w;
-      CorruptLandedForTest(*regions_);
-      completed = true;
-    } else if (msg.has_digest_request()) {
-      pb::DestinationMessage reply;
-      pb::Digests* out = reply.mutable_digests();
-      const uint32_t id = msg.digest_request().region();
-      const uint32_t page = msg.digest_request().page_size();
-      out->set_region(id);
-      const Region* r = regions_->Find(id);
-      const pb::DigestRequest& req = msg.digest_request();
-      if (Result<uint64_t> count = DigestWindow(r, req); !count.ok()) {
-        out->set_error(count.status().message());
-      } else {
-        out->mutable_page()->Reserve(static_cast<int>(*count));
-        for (uint64_t p = req.first_page(); p < req.first_page() + *count; ++p) {
-          out->add_page(XXH3_64bits(r->base + p * page, page));
-        }
-      }
-      RDMIG_RETURN_IF_ERROR(control_.Send(reply));
-    } else if (msg.has_rdma_failed()) {
-      continue;  // the source's side of an RDMA attempt that already fell back to TCP
-    } else if (other) {
-      if (Status h = other(msg); !h.ok()) {
-        // Tell the source why, before its lanes break under it.
-        pb::DestinationMessage m;
-        m.mutable_landed()->set_ok(false);
-        m.mutable_landed()->set_error(h.ToString());
-        (void)control_.Send(m);
-        receiver_->Abort();
-        return h;
-      }
-    } else {
-      receiver_->Abort();
-      return Error(Code::kProtocol, "unexpected control message from the source");
+    Status readable =
+        WaitReadable(control_.fd(), std::min(left, std::chrono::milliseconds(250)), "source");
+    if (readable.code() != Code::kTimeout) return readable;
+    if (completed_) continue;
+    if (Status lanes = receiver_->WaitWatermark(UINT64_MAX, std::chrono::milliseconds(0));
+        lanes.code() != Code::kTimeout) {
+      return lanes.Annotate("data lanes (the source's control channel is silent)");
     }
   }
+}
+
+Status DestinationSession::ConfirmComplete(const pb::Complete& complete,
+                                           std::chrono::milliseconds timeout) {
+  Status w = receiver_->WaitWatermark(complete.watermark(), timeout);
+  if (w.ok()) w = receiver_->WaitFinished(timeout);
+  landed_ = {};
+  for (uint32_t l = 0; l < receiver_->capabilities().lanes; ++l) {
+    LaneCounters c = receiver_->Counters(l);
+    landed_.pages += c.pages;
+    landed_.bytes += c.bytes;
+  }
+  if (w.ok()) w = CheckLanesLanded(*receiver_, complete);
+  pb::DestinationMessage reply;
+  reply.mutable_landed()->set_ok(w.ok());
+  reply.mutable_landed()->set_error(w.ok() ? "" : w.ToString());
+  reply.mutable_landed()->set_pages(landed_.pages);
+  reply.mutable_landed()->set_bytes(landed_.bytes);
+  RDMIG_RETURN_IF_ERROR(control_.Send(reply));
+  if (!w.ok()) return w;
+  CorruptLandedForTest(*regions_);
+  completed_ = true;
+  return Status::Ok();
+}
+
+Status DestinationSession::AnswerDigests(const pb::DigestRequest& req) {
+  pb::DestinationMessage reply;
+  pb::Digests* out = reply.mutable_digests();
+  out->set_region(req.region());
+  const Region* r = regions_->Find(req.region());
+  if (Result<uint64_t> count = DigestWindow(r, req); !count.ok()) {
+    out->set_error(count.status().message());
+  } else {
+    const uint32_t page = req.page_size();
+    out->mutable_page()->Reserve(static_cast<int>(*count));
+    for (uint64_t p = req.first_page(); p < req.first_page() + *count; ++p) {
+      out->add_page(XXH3_64bits(r->base + p * page, page));
+    }
+  }
+  return control_.Send(reply);
+}
+
+Result<std::optional<link::StreamChunk>> DestinationSession::NextChunk(
+    std::chrono::milliseconds timeout) {
+  for (;;) {
+    // Readable: the whole message must follow within the timeout (Receive's own deadline).
+    Status s = WaitForSource(timeout);
+    if (s.ok()) s = control_.Receive(&current_, timeout);
+    if (!s.ok()) {
+      receiver_->Abort();
+      if (s.code() == Code::kPeerClosed && completed_) return std::optional<link::StreamChunk>();
+      return s.Annotate("source control channel");
+    }
+    if (current_.has_complete()) {
+      if (Status c = ConfirmComplete(current_.complete(), timeout); !c.ok()) {
+        receiver_->Abort();
+        return c;
+      }
+    } else if (current_.has_digest_request()) {
+      RDMIG_RETURN_IF_ERROR(AnswerDigests(current_.digest_request()));
+    } else if (current_.has_rdma_failed()) {
+      continue;  // the source's side of an RDMA attempt that already fell back to TCP
+    } else if (current_.has_chunk()) {
+      const pb::StreamChunk& c = current_.chunk();
+      return std::optional<link::StreamChunk>(
+          link::StreamChunk{c.watermark(), c.ops(), c.end(), c.passthrough()});
+    } else {
+      return Fail(Error(Code::kProtocol, "unexpected control message from the source"));
+    }
+  }
+}
+
+Status DestinationSession::Fail(const Status& why) {
+  // Tell the source why, before its lanes break under it.
+  pb::DestinationMessage m;
+  m.mutable_landed()->set_ok(false);
+  m.mutable_landed()->set_error(why.ToString());
+  (void)control_.Send(m);
+  receiver_->Abort();
+  return why;
+}
+
+link::AcceptSource AcceptOn(DestinationListener& listener, DestinationOptions options) {
+  return [&listener, options](const PrepareRegions& prepare)
+             -> Result<std::unique_ptr<link::DestinationLink>> {
+    DestinationOptions o = options;
+    const auto deadline = std::chrono::steady_clock::now() + options.timeout;
+    Result<std::unique_ptr<DestinationSession>> accepted = listener.Accept(prepare, o);
+    // A source that cannot authenticate is refused; the next one is awaited.
+    while (!accepted.ok() && accepted.status().code() == Code::kPermissionDenied &&
+           std::chrono::steady_clock::now() < deadline) {
+      if (options.on_refused) options.on_refused(accepted.status());
+      o.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      accepted = listener.Accept(prepare, o);
+    }
+    RDMIG_ASSIGN_OR_RETURN(std::unique_ptr<DestinationSession> d, std::move(accepted));
+    if (!options.keep_listening) listener.Close();
+    return std::unique_ptr<link::DestinationLink>(std::move(d));
+  };
 }
 
 }  // namespace rdmig::session

@@ -21,7 +21,8 @@ class SessionTest : public ListenerFixture<kBytes> {
  protected:
   // Memory for exactly one region named "ram" of kBytes.
   PrepareRegions Prepare() {
-    return [this](const std::vector<RegionSpec>& offered, RegionRegistry* regions) -> Status {
+    return [this](const std::vector<RegionSpec>& offered,
+                  RegionRegistry* regions) -> Result<std::string> {
       if (offered.size() != 1 || offered[0].name != "ram" || offered[0].length != kBytes) {
         return Error(Code::kInvalidArgument, "layout does not match this guest");
       }
@@ -36,7 +37,7 @@ TEST_F(SessionTest, HandshakeThenTransferThenDigests) {
   auto dest = std::async(std::launch::async, [&]() -> Result<LandedReport> {
     RDMIG_ASSIGN_OR_RETURN(auto d, listener_->Accept(Prepare(), DestinationOptions{}));
     EXPECT_EQ(d->receiver().capabilities().lanes, 3u);
-    return d->Serve(seconds(30));
+    return d->ServeWithoutStream(seconds(30));
   });
   SourceOptions opts;
   opts.lanes = 3;
@@ -93,9 +94,9 @@ TEST_F(SessionTest, TargetReachesTheDestinationBeforePrepare) {
   Target seen;
   auto dest = std::async(std::launch::async, [&]() -> Result<std::string> {
     DestinationOptions o;
-    o.on_target = [&](const Target& t, std::string* mode) -> Status {
+    o.on_target = [&](const Target& t) -> Status {
       seen = t;
-      *mode = "direct";
+      mode_ = "direct";  // what an agent learns from the target decides how memory is prepared
       return Status::Ok();
     };
     RDMIG_ASSIGN_OR_RETURN(auto d, listener_->Accept(Prepare(), o));
@@ -118,15 +119,15 @@ TEST_F(SessionTest, TargetRefusedBeforeAnythingIsPrepared) {
   bool prepared = false;
   auto dest = std::async(std::launch::async, [&] {
     DestinationOptions o;
-    o.on_target = [](const Target& t, std::string*) -> Status {
+    o.on_target = [](const Target& t) -> Status {
       return Error(Code::kPermissionDenied,
                    "the agent does not feed QEMU sockets at " + t.qemu_socket);
     };
     return listener_
         ->Accept(
-            [&](const std::vector<RegionSpec>&, RegionRegistry*) {
+            [&](const std::vector<RegionSpec>&, RegionRegistry*) -> Result<std::string> {
               prepared = true;
-              return Status::Ok();
+              return std::string("memory");
             },
             o)
         .status();

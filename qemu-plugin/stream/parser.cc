@@ -307,43 +307,7 @@ StreamParser::Step StreamParser::ParseRamRecord(std::span<const std::byte> d, si
   const uint64_t word = Be64(d.data());
   const uint64_t flags = word & kFlagMask;
   const uint64_t addr = word & ~kFlagMask;
-
-  if (flags == kRamMemSize) {
-    if (!blocks_.empty()) {
-      unknown_ = "a second RAM block list";
-      return Step::kUnknown;
-    }
-    // The block list: u8 length + name + be64 used length per block, until the total is reached.
-    // Extra per-block fields (postcopy page sizes, x-ignore-shared addresses) break the sum and
-    // are therefore never misread.
-    std::vector<RamBlock> blocks;
-    size_t pos = 8;
-    uint64_t sum = 0;
-    while (sum < addr) {
-      if (d.size() < pos + 1) return Step::kNeedMore;
-      const size_t len = uint8_t(d[pos]);
-      if (d.size() < pos + 1 + len + 8) return Step::kNeedMore;
-      RamBlock b;
-      b.name.assign(reinterpret_cast<const char*>(d.data() + pos + 1), len);
-      b.length = Be64(d.data() + pos + 1 + len);
-      pos += 1 + len + 8;
-      if (b.length == 0 || b.length % kTargetPageSize != 0 || blocks.size() >= 1024) {
-        unknown_ = "RAM block '" + b.name + "' of " + std::to_string(b.length) + " bytes";
-        return Step::kUnknown;
-      }
-      sum += b.length;
-      blocks.push_back(std::move(b));
-    }
-    if (sum != addr) {
-      unknown_ = "RAM block list that does not add up to the announced " + std::to_string(addr) +
-                 " bytes (extra per-block fields?)";
-      return Step::kUnknown;
-    }
-    blocks_ = std::move(blocks);
-    Raw(d.data(), pos, out);
-    *used = pos;
-    return Step::kDone;
-  }
+  if (flags == kRamMemSize) return ParseBlockList(d, addr, used, out);
   if (flags == kRamEos) {
     Raw(d.data(), 8, out);
     *used = 8;
@@ -355,26 +319,79 @@ StreamParser::Step StreamParser::ParseRamRecord(std::span<const std::byte> d, si
     unknown_ = "RAM record flags " + FlagNames(flags);
     return Step::kUnknown;
   }
+  return ParsePageRecord(d, flags, addr, used, out);
+}
+
+// The block list: u8 length + name + be64 used length per block, until the announced total is
+// reached. Extra per-block fields (postcopy page sizes, x-ignore-shared addresses) break the sum
+// and are therefore never misread.
+StreamParser::Step StreamParser::ParseBlockList(std::span<const std::byte> d, uint64_t total,
+                                                size_t* used, std::vector<Item>* out) {
+  if (!blocks_.empty()) {
+    unknown_ = "a second RAM block list";
+    return Step::kUnknown;
+  }
+  std::vector<RamBlock> blocks;
   size_t pos = 8;
-  int64_t block = current_block_;
-  if (!(flags & kRamContinue)) {
-    if (d.size() < 9) return Step::kNeedMore;
-    const size_t len = uint8_t(d[8]);
-    if (d.size() < 9 + len) return Step::kNeedMore;
-    const std::string_view name(reinterpret_cast<const char*>(d.data() + 9), len);
-    block = -1;
-    for (size_t i = 0; i < blocks_.size(); ++i) {
-      if (blocks_[i].name == name) block = static_cast<int64_t>(i);
-    }
-    if (block < 0) {
-      unknown_ = "RAM record for unknown block '" + std::string(name) + "'";
+  uint64_t sum = 0;
+  while (sum < total) {
+    if (d.size() < pos + 1) return Step::kNeedMore;
+    const size_t len = uint8_t(d[pos]);
+    if (d.size() < pos + 1 + len + 8) return Step::kNeedMore;
+    RamBlock b;
+    b.name.assign(reinterpret_cast<const char*>(d.data() + pos + 1), len);
+    b.length = Be64(d.data() + pos + 1 + len);
+    pos += 1 + len + 8;
+    if (b.length == 0 || b.length % kTargetPageSize != 0 || blocks.size() >= 1024) {
+      unknown_ = "RAM block '" + b.name + "' of " + std::to_string(b.length) + " bytes";
       return Step::kUnknown;
     }
-    pos = 9 + len;
-  } else if (block < 0) {
+    sum += b.length;
+    blocks.push_back(std::move(b));
+  }
+  if (sum != total) {
+    unknown_ = "RAM block list that does not add up to the announced " + std::to_string(total) +
+               " bytes (extra per-block fields?)";
+    return Step::kUnknown;
+  }
+  blocks_ = std::move(blocks);
+  Raw(d.data(), pos, out);
+  *used = pos;
+  return Step::kDone;
+}
+
+// The block a PAGE or ZERO record names (or continues), and where its payload starts (`*pos`).
+StreamParser::Step StreamParser::ResolveBlock(std::span<const std::byte> d, uint64_t flags,
+                                              size_t* pos, int64_t* block) {
+  *pos = 8;
+  *block = current_block_;
+  if (flags & kRamContinue) {
+    if (*block >= 0) return Step::kDone;
     unknown_ = "RAM record continuing no block";
     return Step::kUnknown;
   }
+  if (d.size() < 9) return Step::kNeedMore;
+  const size_t len = uint8_t(d[8]);
+  if (d.size() < 9 + len) return Step::kNeedMore;
+  const std::string_view name(reinterpret_cast<const char*>(d.data() + 9), len);
+  *block = -1;
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    if (blocks_[i].name == name) *block = static_cast<int64_t>(i);
+  }
+  if (*block < 0) {
+    unknown_ = "RAM record for unknown block '" + std::string(name) + "'";
+    return Step::kUnknown;
+  }
+  *pos = 9 + len;
+  return Step::kDone;
+}
+
+StreamParser::Step StreamParser::ParsePageRecord(std::span<const std::byte> d, uint64_t flags,
+                                                 uint64_t addr, size_t* used,
+                                                 std::vector<Item>* out) {
+  size_t pos = 8;
+  int64_t block = -1;
+  if (Step s = ResolveBlock(d, flags, &pos, &block); s != Step::kDone) return s;
   if (addr + kTargetPageSize > blocks_[block].length) {
     unknown_ =
         "RAM record at " + std::to_string(addr) + " beyond block '" + blocks_[block].name + "'";
@@ -384,7 +401,7 @@ StreamParser::Step StreamParser::ParseRamRecord(std::span<const std::byte> d, si
   item.block = static_cast<uint32_t>(block);
   item.offset = addr;
   item.data = d.data();
-  if (kind == kRamPage) {
+  if ((flags & ~kRamContinue) == kRamPage) {
     if (d.size() < pos + kTargetPageSize) return Step::kNeedMore;
     item.kind = Item::kPage;
     item.length = static_cast<uint32_t>(pos);

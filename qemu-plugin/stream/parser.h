@@ -119,6 +119,11 @@ class StreamParser {
   Step ParseOne(std::span<const std::byte> data, size_t* used, std::vector<Item>* out);
   Step ParseTopLevel(std::span<const std::byte> data, size_t* used, std::vector<Item>* out);
   Step ParseRamRecord(std::span<const std::byte> data, size_t* used, std::vector<Item>* out);
+  Step ParseBlockList(std::span<const std::byte> data, uint64_t total, size_t* used,
+                      std::vector<Item>* out);
+  Step ResolveBlock(std::span<const std::byte> data, uint64_t flags, size_t* pos, int64_t* block);
+  Step ParsePageRecord(std::span<const std::byte> data, uint64_t flags, uint64_t addr,
+                       size_t* used, std::vector<Item>* out);
   void Raw(const std::byte* p, size_t n, std::vector<Item>* out);
   void EnterPassthrough(const std::string& reason, std::vector<Item>* out);
 

@@ -40,7 +40,9 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rdmig_testlib as t  # noqa: E402
+from fault_rows import FaultRow, Harness, run_matrix, run_row, verdict_after_fault  # noqa: E402
 
 LINK = "24M/s"  # slow enough that every fault lands mid-pass
 
@@ -71,8 +73,9 @@ class Reject:
         subprocess.run(["iptables", "-D", *self.rule], check=False)
 
 
-class Row:
-    """One row: a source guest, a destination QEMU and `rdmig receive`, and `rdmig migrate`."""
+class Row(Harness):
+    """One row's harness (fault_rows.py): a source guest, a destination QEMU and `rdmig receive`,
+    and `rdmig migrate`."""
 
     def __init__(self, rdmig, guest_dir, work, wss=64, rate=20):
         self.rdmig, self.guest_dir, self.work = rdmig, guest_dir, work
@@ -109,13 +112,24 @@ class Row:
         out, err = self.migrate.communicate(timeout=timeout)
         return self.migrate.returncode, err
 
-    def check_after_fault(self, name, expect_in_error, error):
+    def start(self, row):
+        self.start_migrate(*row.get("migrate_args", ()), fault=row.get("fault"),
+                           receive_fault=row.get("receive_fault"))
+
+    def hurt(self, row):
+        """The row's injection, then `rdmig migrate`'s end: it failed as it should when it exited
+        with the row's status (1, or killed)."""
+        row.inject(self)
+        rc, err = self.migrate_result()
+        want = row.get("want_rc", 1)
+        if rc != want:
+            print(f"{row.name}: rdmig migrate exited {rc}, want {want}")
+        return rc == want, err
+
+    def nothing_left(self, row):
+        """Every rdmig process of the row ended (the destination's memory goes with it), the report
+        names the source as where the guest runs, and no throttle cgroup is left."""
         ok = True
-        print(f"{name}: error: {error.strip()[-400:]}")
-        if expect_in_error and expect_in_error not in error:
-            print(f"{name}: the error does not say '{expect_in_error}'")
-            ok = False
-        # Every rdmig process of the row ends (the destination's memory goes with it).
         for what, proc in (("rdmig receive", self.recv.proc if self.recv else None),
                            ("rdmig migrate", self.migrate)):
             if proc is None:
@@ -123,23 +137,24 @@ class Row:
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                print(f"{name}: {what} is still running")
+                print(f"{row.name}: {what} is still running")
                 ok = False
-        ok &= self.src.runs_and_verifies(name)
-        ok &= self.dst.gone_never_ran(name)
         report = json.load(open(f"{self.work}/m.json")) if os.path.exists(f"{self.work}/m.json") \
             else {}
         if report.get("outcome") == "failed" and report.get("guest_runs") != "source":
-            print(f"{name}: the report says the guest runs on {report.get('guest_runs')}")
+            print(f"{row.name}: the report says the guest runs on {report.get('guest_runs')}")
             ok = False
         left = throttle_groups()
         if left:
-            print(f"{name}: throttle cgroups left behind: {left}")
+            print(f"{row.name}: throttle cgroups left behind: {left}")
             ok = False
         return ok
 
-    def retry(self, name, *extra):
-        """The same migration again, to a fresh destination; memory compared page by page."""
+    def retry(self, row):
+        """The same migration again, to a fresh destination; memory compared page by page (and by
+        --verify when the row used it)."""
+        name = row.name
+        extra = [a for a in row.get("migrate_args", ()) if a == "--verify"]
         if self.recv:
             self.recv.kill()
         self.dst.close()
@@ -187,21 +202,15 @@ class Row:
 def fault_row(rdmig, guest_dir, name, inject, expect, migrate_args=(), wss=64, rate=20,
               want_rc=1, fault=None, receive_fault=None):
     work = tempfile.mkdtemp(prefix=f"rdmig-fault-{name}-")
-    row = None
+    harness = None
     try:
-        row = Row(rdmig, guest_dir, work, wss, rate)
-        row.start_migrate(*migrate_args, fault=fault, receive_fault=receive_fault)
-        inject(row)
-        rc, err = row.migrate_result()
-        ok = rc == want_rc
-        if rc != want_rc:
-            print(f"{name}: rdmig migrate exited {rc}, want {want_rc}")
-        ok &= row.check_after_fault(name, expect, err)
-        ok &= row.retry(name, *[a for a in migrate_args if a == "--verify"])
-        return ok
+        harness = Row(rdmig, guest_dir, work, wss, rate)
+        return run_row(harness, FaultRow(name, inject, expect, migrate_args=migrate_args,
+                                         want_rc=want_rc, fault=fault,
+                                         receive_fault=receive_fault))
     finally:
-        if row:
-            row.close()
+        if harness:
+            harness.close()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -285,10 +294,10 @@ def malformed_stream_row(rdmig, guest_dir):
         t.wait_until("rdmig send done", lambda: "migration stream failed" in open(send_log).read()
                      or "rdmig send:" in open(send_log).read(), 30)
         err = open(send_log).read()
-        ok = status == "failed"
-        ok &= row.check_after_fault(name, "ended inside a record", err)
-        ok &= row.retry(name)
-        return ok
+        this = FaultRow(name, None, "ended inside a record")
+        ok = verdict_after_fault(name, status == "failed", err, this.expect,
+                                 lambda: row.nothing_left(this), row.src, row.dst)
+        return row.retry(this) and ok
     finally:
         if row:
             row.close()
@@ -355,8 +364,8 @@ ROWS = {
 
 
 def main(rdmig, guest_dir, *names):
-    return t.run_cases({name: (lambda row=row: row(rdmig, guest_dir)) for name, row in ROWS.items()},
-                       names)
+    return run_matrix({name: (lambda row=row: row(rdmig, guest_dir)) for name, row in ROWS.items()},
+                      names)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ import time
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, "..", "lib"))
+sys.path.insert(0, here)
 import rdmig_testlib as t  # noqa: E402
+from fault_rows import FaultRow, Harness, run_matrix, run_row  # noqa: E402
 
 RAM = "131064K"  # a smaller guest than the TCP rows' (TCG in TCG is slow); not a multiple of 256 KiB
 WSS, RATE = 16, 8  # MiB the guest dirties, MiB/s
@@ -159,7 +161,7 @@ def migration_events(*guests):
                                     {"capability": "return-path", "state": True}])
 
 
-class Matrix:
+class Matrix(Harness):
     def __init__(self, rxe_dir, rdmig, guest_dir, work):
         self.guest_dir, self.work = guest_dir, work
         self.g = RxeGuest(rxe_dir, rdmig, work)
@@ -199,58 +201,63 @@ class Matrix:
         self.sent = max(self.sent, info.get("ram", {}).get("transferred", 0))
         return self.sent
 
-    def run_row(self, name, inject, expect, fault_env="", send_env="", uri=None,
-                quit_destination=False):
-        """One row: a migration hurt by `inject`, the checks, then the retry. quit_destination:
-        the row makes the destination QEMU believe its stream is whole, so it stays (paused, -S)
-        after its load; it is quit when `rdmig receive` fails, as docs/usage.md tells users of
-        `rdmig receive` on its own to do."""
-        self.control_port = start_endpoints(self.g, self.new_destination(), fault_env, send_env)
-        status = None
-        if uri:  # the malformed stream: QEMU's stream goes through a command that cuts it (a
-            # command has no return path)
+    def start(self, row):
+        """The guest's endpoints and a fresh destination; the source QEMU migrates to them (through a
+        command that cuts its stream, for the malformed stream: a command has no return path)."""
+        self.control_port = start_endpoints(self.g, self.new_destination(),
+                                            row.get("fault_env", ""), row.get("send_env", ""))
+        self.sent = 0
+        if row.get("uri"):
             self.src.qmp.execute("migrate-set-capabilities",
                                  capabilities=[{"capability": "return-path", "state": False}])
-            self.src.qmp.execute("migrate", uri=uri.format(fwd=self.g.fwd))
+            self.src.qmp.execute("migrate", uri=row.get("uri").format(fwd=self.g.fwd))
         else:
-            self.sent = 0
             self.src.qmp.execute("migrate", uri=f"tcp:127.0.0.1:{self.g.fwd}")
-            if inject:
-                t.wait_until("rdmig send carrying pages", lambda: self.sent_so_far() is None
-                             or self.carried() >= MID_PASS, 120, interval=0.2)
-                print(f"{name}: injected with {self.carried():.1f} MiB of the stream carried")
-                status = inject(self)  # the row's status if the injection waited for the end
-            else:  # the fault comes from within (RDMIG_FAULT): how far the migration got
-                t.wait_until("the migration failing", lambda: self.sent_so_far() is None, 120)
-                print(f"{name}: the source had sent {self.sent / 2**20:.1f} MiB of RAM")
+
+    def hurt(self, row):
+        """Mid-pass, the row's injection (or the fault from within); then the source migration's end
+        and the endpoints' logs, which hold the error. Failed as it should: failed or cancelled."""
+        status = None
+        if row.inject and not row.get("uri"):
+            t.wait_until("rdmig send carrying pages", lambda: self.sent_so_far() is None
+                         or self.carried() >= MID_PASS, 120, interval=0.2)
+            print(f"{row.name}: injected with {self.carried():.1f} MiB of the stream carried")
+            status = row.inject(self)  # the row's status if the injection waited for the end
+        elif not row.get("uri"):  # the fault comes from within (RDMIG_FAULT): how far it got
+            t.wait_until("the migration failing", lambda: self.sent_so_far() is None, 120)
+            print(f"{row.name}: the source had sent {self.sent / 2**20:.1f} MiB of RAM")
         if not isinstance(status, str):
             status = t.wait_migration(self.src.qmp, 120)
-        print(f"{name}: source migration {status}")
-        ok = status in ("failed", "cancelled")
-        none_left, logs, resources = endpoints_ended(self.g)
-        print(f"{name}: endpoints in the rxe guest:\n{logs.strip()}")
-        if expect not in logs:
-            print(f"{name}: the endpoints' errors do not say '{expect}'")
-            ok = False
-        if not none_left:
-            print(f"{name}: an rdmig process is left in the rxe guest")
-            ok = False
-        if resources != self.baseline:
-            print(f"{name}: rxe0's resources not released: {resources} (before: {self.baseline})")
-            ok = False
-        if quit_destination and "error" in logs.split("=== receive", 1)[-1] and self.dst.alive():
-            print(f"{name}: rdmig receive failed; the destination QEMU is "
+        print(f"{row.name}: source migration {status}")
+        self.none_left, logs, self.resources = endpoints_ended(self.g)
+        print(f"{row.name}: endpoints in the rxe guest:\n{logs.strip()}")
+        # A row that makes the destination QEMU believe its stream is whole leaves it paused (-S)
+        # after its load: it is quit once `rdmig receive` failed, as docs/usage.md tells users of
+        # `rdmig receive` on its own to do.
+        if row.get("quit_destination") and "error" in logs.split("=== receive", 1)[-1] \
+                and self.dst.alive():
+            print(f"{row.name}: rdmig receive failed; the destination QEMU is "
                   f"{self.dst.status()}: quit")
             self.dst.qmp.execute("quit")
-        ok &= self.src.runs_and_verifies(name)
-        ok &= self.dst.gone_never_ran(name)
-        self.dst.close()
-        ok &= self.retry(name)
+        return status in ("failed", "cancelled"), logs
+
+    def nothing_left(self, row):
+        """No rdmig process left in the rxe guest, and rxe0's resources as before the matrix."""
+        ok = True
+        if not self.none_left:
+            print(f"{row.name}: an rdmig process is left in the rxe guest")
+            ok = False
+        if self.resources != self.baseline:
+            print(f"{row.name}: rxe0's resources not released: {self.resources} "
+                  f"(before: {self.baseline})")
+            ok = False
         return ok
 
-    def retry(self, name):
+    def retry(self, row):
         """The same migration again, to a fresh destination, over RDMA; memory compared page by
         page; the destination then runs and is the next row's source."""
+        name = row.name
+        self.dst.close()
         start_endpoints(self.g, self.new_destination())
         started = time.monotonic()
         self.src.qmp.execute("migrate", uri=f"tcp:127.0.0.1:{self.g.fwd}")
@@ -277,9 +284,8 @@ class Matrix:
         return ok
 
     def clean_up_after_failure(self, name):
-        """After a row that broke off: its endpoints' logs, then nothing of it left (the row has
-        failed already), so that the next row starts clean; a source that cannot go on ends the
-        matrix."""
+        """After a failed row: its endpoints' logs, then nothing of it left, so that the next row
+        starts clean. False when the source cannot go on: the remaining rows are not run."""
         try:
             _, out = self.g.sh("echo '=== send'; cat /tmp/send.log; echo '=== receive'; "
                                "cat /tmp/recv.log; killall -KILL rdmig 2>/dev/null; true")
@@ -296,6 +302,8 @@ class Matrix:
             print(f"{name}: the source cannot go on ({e}): the remaining rows are not run")
             self.src.close()
             self.src = None
+            return False
+        return True
 
     def close(self, verdict):
         for guest in (self.dst, self.src):
@@ -324,54 +332,36 @@ def stall(m):
     return status
 
 
-ROWS = {
-    "control-cut": dict(inject=control_cut, expect="peer closed"),
-    "lane-cut": dict(inject=None, expect="rdma lane 1: receive failed",
-                     fault_env="RDMIG_FAULT=rdma-lane-error:1:40"),
-    "kill-receive": dict(inject=guest_kill("KILL", "recv"), expect="peer closed"),
-    "kill-send": dict(inject=guest_kill("KILL", "send"), expect="peer closed"),
-    "kill-dest-qemu": dict(inject=lambda m: m.dst.proc.kill(), expect="destination QEMU"),
-    "stall": dict(inject=stall, expect="timeout: rdma lane"),
-    "sigint": dict(inject=guest_kill("INT", "send"), expect="cancelled on SIGINT"),
-    "qmp-cancel": dict(inject=lambda m: m.src.qmp.execute("migrate_cancel"),
-                       expect="cancelled or failed"),
-    "malformed-stream": dict(inject=None, expect="ended inside a record",
-                             uri="exec:head -c 20000037 | busybox nc 127.0.0.1 {fwd}"),
-    "early-eof": dict(inject=None, expect="RDMIG_FAULT early-eof",
-                      send_env="RDMIG_FAULT=early-eof:8000000", quit_destination=True),
-}
+ROWS = [
+    FaultRow("control-cut", control_cut, "peer closed"),
+    FaultRow("lane-cut", None, "rdma lane 1: receive failed",
+             fault_env="RDMIG_FAULT=rdma-lane-error:1:40"),
+    FaultRow("kill-receive", guest_kill("KILL", "recv"), "peer closed"),
+    FaultRow("kill-send", guest_kill("KILL", "send"), "peer closed"),
+    FaultRow("kill-dest-qemu", lambda m: m.dst.proc.kill(), "destination QEMU"),
+    FaultRow("stall", stall, "timeout: rdma lane"),
+    FaultRow("sigint", guest_kill("INT", "send"), "cancelled on SIGINT"),
+    FaultRow("qmp-cancel", lambda m: m.src.qmp.execute("migrate_cancel"), "cancelled or failed"),
+    FaultRow("malformed-stream", None, "ended inside a record",
+             uri="exec:head -c 20000037 | busybox nc 127.0.0.1 {fwd}"),
+    FaultRow("early-eof", None, "RDMIG_FAULT early-eof", send_env="RDMIG_FAULT=early-eof:8000000",
+             quit_destination=True),
+]
 
 
 def main(rxe_dir, rdmig, guest_dir, *names):
-    unknown = [n for n in names if n not in ROWS]
-    if unknown:
-        print(f"unknown rows: {unknown}; rows: {list(ROWS)}")
-        return 2
     work = tempfile.mkdtemp(prefix="rdmig-rdma-faults-")
     m = None
-    results = {}
+    status = 1
     try:
         m = Matrix(rxe_dir, rdmig, guest_dir, work)
-        for name in names or ROWS:
-            started = time.monotonic()
-            try:
-                results[name] = m.run_row(name, **ROWS[name])
-            except Exception as e:
-                print(f"{name}: {type(e).__name__}: {e}")
-                results[name] = False
-                m.clean_up_after_failure(name)
-            print(f"ROW {name}: {'PASS' if results[name] else 'FAIL'} "
-                  f"({time.monotonic() - started:.0f} s)")
-            if not results[name] and m.src is None:
-                break
+        rows = {row.name: (lambda row=row: run_row(m, row)) for row in ROWS}
+        status = run_matrix(rows, names, after_failure=m.clean_up_after_failure)
     finally:
-        verdict = 0 if results and all(results.values()) else 1
         if m:
-            m.close(verdict)
+            m.close(status)
         shutil.rmtree(work, ignore_errors=True)
-    passed = sum(results.values())
-    print(f"{passed} passed, {len(results) - passed} failed")
-    return 0 if results and passed == len(results) else 1
+    return status
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-// What the command line says in words: human sizes ("4096", "64K", "1G", "1.5GiB", "100M"),
-// rates, durations, and BLOCK=PATH pairs.
+// What the command line and the reports say in words: human sizes ("4096", "64K", "1G",
+// "1.5GiB", "100M"), rates, durations, and BLOCK=PATH pairs. Thread-safety: pure functions.
 #pragma once
 
 #include <cstdint>
@@ -8,7 +8,7 @@
 
 #include "transfer/status.h"
 
-namespace rdmig::cli {
+namespace rdmig {
 
 // Binary units (K = 1024). Rejects negative, empty, unknown suffixes and overflow.
 Result<uint64_t> ParseSize(std::string_view text);
@@ -27,4 +27,4 @@ struct BlockPath {
 };
 Result<BlockPath> ParseBlockPath(std::string_view spec);
 
-}  // namespace rdmig::cli
+}  // namespace rdmig

@@ -1,5 +1,6 @@
 // rdmig send and receive in one process on a synthetic QEMU stream: what lands in guest memory and
-// what the destination QEMU would read, in direct and staged mode.
+// what the destination QEMU would read, in direct and staged mode. The endpoints (qemu-plugin/)
+// run over the real session (this folder) on loopback sockets, as `rdmig send` and `receive` do.
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -12,6 +13,7 @@
 #include <map>
 #include <thread>
 
+#include "control/session/session.h"
 #include "qemu-plugin/destination_endpoint.h"
 #include "qemu-plugin/source_endpoint.h"
 #include "qemu-plugin/stream/parser.h"
@@ -75,8 +77,11 @@ Outcome Migrate(const std::vector<std::byte>& in, DestinationStreamOptions dopts
             0);
   dopts.connect_qemu = [&]() -> Result<Fd> { return Fd(qemu_pipe[1]); };
   dopts.timeout = std::chrono::seconds(20);
-  auto dest =
-      std::async(std::launch::async, [&] { return RunDestinationStream(*listener, dopts); });
+  session::DestinationOptions accept_options;
+  accept_options.timeout = dopts.timeout;
+  auto dest = std::async(std::launch::async, [&] {
+    return RunDestinationStream(session::AcceptOn(*listener, accept_options), dopts);
+  });
   auto reader = std::async(std::launch::async, [&] {
     std::vector<std::byte> got;
     std::byte buf[65536];
@@ -99,8 +104,9 @@ Outcome Migrate(const std::vector<std::byte>& in, DestinationStreamOptions dopts
     ::close(qemu_src[0]);
   });
   SourceStreamOptions sopts = source;
-  sopts.destination = HostPort{"127.0.0.1", listener->port()};
-  sopts.lanes = 2;
+  session::SourceOptions link_options;
+  link_options.lanes = 2;
+  sopts.connect = session::ConnectTo(HostPort{"127.0.0.1", listener->port()}, link_options);
   sopts.buffer_bytes = 8192;  // several buffers, so pages and chunks interleave
   auto src = RunSourceStream(qemu_src[1], sopts);
   writer.join();

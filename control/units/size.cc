@@ -1,11 +1,11 @@
-#include "control/cli/size.h"
+#include "control/units/size.h"
 
 #include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <string>
 
-namespace rdmig::cli {
+namespace rdmig {
 
 Result<uint64_t> ParseSize(std::string_view text) {
   auto bad = [&] {
@@ -112,4 +112,4 @@ Result<BlockPath> ParseBlockPath(std::string_view spec) {
   return BlockPath{std::string(spec.substr(0, eq)), std::string(spec.substr(eq + 1))};
 }
 
-}  // namespace rdmig::cli
+}  // namespace rdmig

@@ -1,8 +1,8 @@
-#include "control/cli/size.h"
+#include "control/units/size.h"
 
 #include <gtest/gtest.h>
 
-namespace rdmig::cli {
+namespace rdmig {
 namespace {
 
 TEST(ParseSize, UnitsAndErrors) {
@@ -50,4 +50,4 @@ TEST(BlockPath, BlockAndPathOrAClearError) {
   }
 }
 
-}  // namespace rdmig::cli
+}  // namespace rdmig

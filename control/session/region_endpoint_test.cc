@@ -5,6 +5,7 @@
 #include <cstring>
 #include <future>
 
+#include "control/session/session.h"
 #include "transfer/testing/loopback.h"
 
 namespace rdmig::endpoint {
@@ -19,7 +20,7 @@ TEST(RegionEndpoint, SendsVerifiesAndCountsEveryPage) {
   auto listener = session::DestinationListener::Listen(HostPort{"127.0.0.1", 0});
   ASSERT_TRUE(listener.ok());
   auto served =
-      std::async(std::launch::async, [&] { return ServeOnce(*listener, ServeOptions{}); });
+      std::async(std::launch::async, [&] { return ServeOnce(session::AcceptOn(*listener, {}), ServeOptions{}); });
   session::SourceOptions sopts;
   sopts.lanes = 4;
   auto s = session::SourceSession::Connect(HostPort{"127.0.0.1", listener->port()},
@@ -48,7 +49,7 @@ TEST(RegionEndpoint, OversizedLayoutRefusedByServer) {
   auto served = std::async(std::launch::async, [&] {
     ServeOptions o;
     o.max_bytes = 1 << 20;
-    return ServeOnce(*listener, o).status();
+    return ServeOnce(session::AcceptOn(*listener, {}), o).status();
   });
   auto s = session::SourceSession::Connect(HostPort{"127.0.0.1", listener->port()},
                                            {{0, "ram", 2 << 20}}, session::SourceOptions{});
