@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "transfer/batch.h"
 #include "transfer/fault.h"
 #include "transfer/lanes.h"
 
@@ -401,18 +402,9 @@ Status RdmaTransport::FlushWrite(Lane& lane, uint64_t tag, bool last_of_batch) {
 
 Status RdmaTransport::Post(std::span<const PageWrite> batch, uint64_t tag) {
   if (!broken_.ok()) return broken_;
-  if (finished_) return Error(Code::kInvalidArgument, "rdma transport: Post after Finish");
-  if (tag <= last_tag_ && last_tag_ != 0) {
-    return Error(Code::kInvalidArgument, "rdma transport: batch tags must increase");
-  }
   // Check the whole batch first: a bad page means nothing of the batch is written.
+  RDMIG_RETURN_IF_ERROR(CheckBatch("rdma", stream_, batch, tag));
   for (const PageWrite& p : batch) {
-    if (p.length == 0 || p.length > kMaxRunBytes || !WithinOneStripe(p.offset, p.length)) {
-      return Error(Code::kInvalidArgument, "rdma transport: page run at offset " +
-                                               std::to_string(p.offset) +
-                                               " is empty, too long "
-                                               "or crosses a lane stripe");
-    }
     if (p.region >= remote_.size() || remote_[p.region].rkey == 0 ||
         p.offset > remote_[p.region].length || p.length > remote_[p.region].length - p.offset) {
       return Error(Code::kOutOfRange, "rdma transport: page at offset " + std::to_string(p.offset) +
@@ -459,7 +451,7 @@ Status RdmaTransport::Post(std::span<const PageWrite> batch, uint64_t tag) {
   for (uint32_t i = 0; i < lane_count_; ++i) {
     if (lanes_[i].nsge > 0) RDMIG_RETURN_IF_ERROR(FlushWrite(lanes_[i], tag, true));
   }
-  last_tag_ = tag;
+  stream_.last_tag = tag;
   return Status::Ok();
 }
 
@@ -475,7 +467,7 @@ Status RdmaTransport::PostControl(Lane& lane, const uint64_t* value, bool signal
 
 Status RdmaTransport::PostWatermark(uint64_t mark) {
   if (!broken_.ok()) return broken_;
-  if (finished_) return Error(Code::kInvalidArgument, "rdma transport: watermark after Finish");
+  if (stream_.finished) return Error(Code::kInvalidArgument, "rdma transport: watermark after Finish");
   if (mark <= last_mark_ || mark == kEndMark) {
     return Error(Code::kInvalidArgument, "rdma transport: watermark " + std::to_string(mark) +
                                              " does not exceed " + std::to_string(last_mark_));
@@ -498,12 +490,12 @@ Result<uint64_t> RdmaTransport::WaitCompleted(uint64_t tag, std::chrono::millise
     const uint64_t need = std::min(tag, lane.last_tag);
     while (lane.completed_tag < need) RDMIG_RETURN_IF_ERROR(Reap(lane, Left(deadline)));
   }
-  return std::min(tag, last_tag_);
+  return std::min(tag, stream_.last_tag);
 }
 
 Status RdmaTransport::Finish() {
   if (!broken_.ok()) return broken_;
-  if (finished_) return Status::Ok();
+  if (stream_.finished) return Status::Ok();
   control_buf_[1] = kEndMark;
   for (uint32_t i = 0; i < lane_count_; ++i) {
     RDMIG_RETURN_IF_ERROR(PostControl(lanes_[i], &control_buf_[1], true));
@@ -513,7 +505,7 @@ Status RdmaTransport::Finish() {
       RDMIG_RETURN_IF_ERROR(Reap(lanes_[i], std::chrono::seconds(30)));
     }
   }
-  finished_ = true;
+  stream_.finished = true;
   return Status::Ok();
 }
 

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "transfer/batch.h"
 #include "transfer/lane_progress.h"
 #include "transfer/rdma/verbs/verbs.h"
 #include "transfer/rdma_lanes.h"
@@ -148,9 +149,8 @@ class RdmaTransport final : public Transport {
 
   Capabilities caps_;
   std::vector<RemoteRegion> remote_;  // indexed by region id
-  uint64_t last_tag_ = 0;
+  BatchStream stream_;
   uint64_t last_mark_ = 0;
-  bool finished_ = false;
   Status broken_;
   // Parent-first.
   verbs::EventChannel channel_;
