@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "transfer/batch.h"
 #include "transfer/fault.h"
 #include "transfer/lanes.h"
 
@@ -17,7 +18,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr uint32_t kPrivateMagic = 0x474d4452;  // "RDMG"
 constexpr uint64_t kEndMark = UINT64_MAX;
-constexpr uint32_t kInline = 64;
+constexpr size_t kZeroPageBytes = 4096;  // the longest zero fill one entry writes
 
 struct PrivateData {
   uint32_t magic;
@@ -53,8 +54,9 @@ Status ParseLaneFault(uint32_t lanes, uint32_t* lane, uint64_t* after) {
   RDMIG_ASSIGN_OR_RETURN(std::optional<FaultSpec> f, TestFault("rdma-lane-error"));
   if (!f) return Status::Ok();
   if (f->a >= lanes || f->b == 0) {
-    return Error(Code::kInvalidArgument, "RDMIG_FAULT: want rdma-lane-error:LANE:N with LANE below " +
-                                             std::to_string(lanes) + " and N >= 1");
+    return Error(Code::kInvalidArgument,
+                 "RDMIG_FAULT: want rdma-lane-error:LANE:N with LANE below " +
+                     std::to_string(lanes) + " and N >= 1");
   }
   *lane = static_cast<uint32_t>(f->a);
   *after = f->b;
@@ -70,27 +72,28 @@ Result<std::unique_ptr<RdmaReceiver>> RdmaReceiver::Listen(const std::string& ip
                                                            const RegionRegistry* regions) {
   std::unique_ptr<RdmaReceiver> r(new RdmaReceiver());
   r->regions_ = regions;
-  RDMIG_ASSIGN_OR_RETURN(r->channel_, verbs::CreateEventChannel());
-  RDMIG_ASSIGN_OR_RETURN(r->listen_id_, verbs::CreateId(r->channel_.get()));
-  RDMIG_RETURN_IF_ERROR(verbs::BindAndListen(r->listen_id_.get(), ip, 0, kMaxLanes));
-  r->port_ = verbs::BoundPort(r->listen_id_.get());
-  ibv_context* ctx = r->listen_id_->verbs;
-  RDMIG_ASSIGN_OR_RETURN(r->pd_, verbs::AllocPd(ctx));
-  RDMIG_ASSIGN_OR_RETURN(r->comp_channel_, verbs::CreateCompletionChannel(ctx));
-  RDMIG_ASSIGN_OR_RETURN(r->recv_cq_,
-                         verbs::CreateCq(ctx, kRdmaRecvDepth * kMaxLanes, r->comp_channel_.get()));
-  RDMIG_ASSIGN_OR_RETURN(r->send_cq_, verbs::CreateCq(ctx, kRdmaIdleSendCq, nullptr));
+  RDMIG_ASSIGN_OR_RETURN(r->channel_, verbs::EventChannel::Create());
+  RDMIG_ASSIGN_OR_RETURN(r->listen_id_, verbs::CmId::Create(r->channel_));
+  RDMIG_RETURN_IF_ERROR(r->listen_id_.BindAndListen(ip, 0, kMaxLanes));
+  r->port_ = r->listen_id_.BoundPort();
+  const verbs::CmId& device = r->listen_id_;
+  RDMIG_ASSIGN_OR_RETURN(r->pd_, verbs::ProtectionDomain::Alloc(device));
+  RDMIG_ASSIGN_OR_RETURN(r->comp_channel_, verbs::CompletionChannel::Create(device));
+  RDMIG_ASSIGN_OR_RETURN(
+      r->recv_cq_, verbs::CompletionQueue::Create(device, kRdmaRecvCqDepth, &r->comp_channel_));
+  RDMIG_ASSIGN_OR_RETURN(r->send_cq_,
+                         verbs::CompletionQueue::Create(device, kRdmaIdleSendCq, nullptr));
   for (const Region& region : regions->regions()) {
     RDMIG_ASSIGN_OR_RETURN(verbs::MemoryRegion mr,
-                           verbs::RegisterMemory(r->pd_.get(), region.base, region.length,
-                                                 IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE));
+                           verbs::MemoryRegion::Register(r->pd_, region.base, region.length,
+                                                         verbs::Access::kRemoteWrite));
     r->region_mrs_.push_back(std::move(mr));
   }
   r->recv_slots_.assign(size_t{kRdmaRecvDepth} * kMaxLanes, 0);
-  RDMIG_ASSIGN_OR_RETURN(
-      r->recv_mr_,
-      verbs::RegisterMemory(r->pd_.get(), r->recv_slots_.data(),
-                            r->recv_slots_.size() * sizeof(uint64_t), IBV_ACCESS_LOCAL_WRITE));
+  RDMIG_ASSIGN_OR_RETURN(r->recv_mr_,
+                         verbs::MemoryRegion::Register(r->pd_, r->recv_slots_.data(),
+                                                       r->recv_slots_.size() * sizeof(uint64_t),
+                                                       verbs::Access::kLocalWrite));
   return r;
 }
 
@@ -104,18 +107,15 @@ std::vector<RemoteRegion> RdmaReceiver::remote_regions() const {
   std::vector<Region> regions = regions_->regions();
   for (size_t i = 0; i < regions.size(); ++i) {
     out.push_back(RemoteRegion{regions[i].id, reinterpret_cast<uint64_t>(regions[i].base),
-                               region_mrs_[i]->rkey, regions[i].length});
+                               region_mrs_[i].rkey(), regions[i].length});
   }
   return out;
 }
 
 Status RdmaReceiver::Repost(uint32_t lane, uint32_t slot) {
-  ibv_sge sge{reinterpret_cast<uint64_t>(&recv_slots_[slot]), sizeof(uint64_t), recv_mr_->lkey};
-  ibv_recv_wr wr{};
-  wr.wr_id = slot;
-  wr.sg_list = &sge;
-  wr.num_sge = 1;
-  return verbs::PostRecv(lanes_[lane]->qp, &wr);
+  const verbs::Sge slot_buffer{reinterpret_cast<uint64_t>(&recv_slots_[slot]), sizeof(uint64_t),
+                               recv_mr_.lkey()};
+  return lanes_[lane].qp.PostRecv(slot_buffer, slot);
 }
 
 Status RdmaReceiver::AcceptLanes(uint32_t lanes, uint64_t session_id,
@@ -128,56 +128,57 @@ Status RdmaReceiver::AcceptLanes(uint32_t lanes, uint64_t session_id,
   const auto deadline = Clock::now() + timeout;
   uint32_t accepted = 0, established = 0, rejected = 0;
   while (established < lanes) {
-    Result<verbs::CmEvent> ev = verbs::NextEvent(channel_.get(), Left(deadline));
+    Result<verbs::CmEvent> ev = channel_.Next(Left(deadline));
     if (!ev.ok()) {
       return Status(ev.status().code(), "waiting for RDMA lanes: " + std::to_string(established) +
                                             " of " + std::to_string(lanes) + " connected, " +
                                             std::to_string(rejected) + " rejected (" +
                                             ev.status().message() + ")");
     }
-    if (ev->type == RDMA_CM_EVENT_ESTABLISHED) {
+    if (ev->type == verbs::CmEventType::kEstablished) {
       ++established;
       continue;
     }
-    if (ev->type != RDMA_CM_EVENT_CONNECT_REQUEST) continue;
-    verbs::CmId id(ev->id);
+    if (ev->type != verbs::CmEventType::kConnectRequest) continue;
+    verbs::CmId id = std::move(ev->request);
     PrivateData pd{};
     if (ev->private_data.size() >= sizeof(pd))
       std::memcpy(&pd, ev->private_data.data(), sizeof(pd));
     if (pd.magic != kPrivateMagic || pd.session_id != session_id || pd.lanes != lanes ||
-        pd.lane >= lanes || lanes_[pd.lane]) {
-      rdma_reject(id.get(), nullptr, 0);
+        pd.lane >= lanes || lanes_[pd.lane].id) {
+      (void)id.Reject();  // best effort: the source fails on the missing lane either way
       ++rejected;
       continue;
     }
-    RDMIG_RETURN_IF_ERROR(verbs::CreateRcQp(id.get(), pd_.get(), send_cq_.get(), recv_cq_.get(),
-                                            {4, kRdmaRecvDepth, 1, 0}));
-    lanes_[pd.lane] = std::move(id);
+    Connection& lane = lanes_[pd.lane];
+    lane.id = std::move(id);
+    RDMIG_ASSIGN_OR_RETURN(lane.qp,
+                           verbs::QueuePair::CreateRc(lane.id, pd_, send_cq_, recv_cq_,
+                                                      {kRdmaIdleSendDepth, kRdmaRecvDepth, 1, 0}));
     for (uint32_t i = 0; i < kRdmaRecvDepth; ++i) {
       RDMIG_RETURN_IF_ERROR(Repost(pd.lane, pd.lane * kRdmaRecvDepth + i));
     }
-    RDMIG_RETURN_IF_ERROR(verbs::Accept(lanes_[pd.lane].get()));
+    RDMIG_RETURN_IF_ERROR(lane.id.Accept());
     ++accepted;
   }
-  for (uint32_t i = 0; i < lanes; ++i) qp_nums_.push_back(lanes_[i]->qp->qp_num);
+  for (uint32_t i = 0; i < lanes; ++i) qp_nums_.push_back(lanes_[i].qp.num());
   progress_ = std::make_unique<LaneProgress>("rdma", lanes);
-  RDMIG_RETURN_IF_ERROR(verbs::ArmCq(recv_cq_.get()));
+  RDMIG_RETURN_IF_ERROR(recv_cq_.Arm());
   poller_ = std::thread([this] { Poll(); });
   return Status::Ok();
 }
 
 Status RdmaReceiver::HandleCompletions() {
-  std::array<ibv_wc, kRdmaPollBatch> wc;
+  std::array<verbs::Completion, kRdmaPollBatch> wc;
   for (;;) {
-    RDMIG_ASSIGN_OR_RETURN(int n, verbs::PollCq(recv_cq_.get(), wc));
+    RDMIG_ASSIGN_OR_RETURN(size_t n, recv_cq_.Poll(wc));
     if (n == 0) return Status::Ok();
-    for (int i = 0; i < n; ++i) {
+    for (size_t i = 0; i < n; ++i) {
       const uint32_t lane = static_cast<uint32_t>(
           std::find(qp_nums_.begin(), qp_nums_.end(), wc[i].qp_num) - qp_nums_.begin());
-      if (wc[i].status != IBV_WC_SUCCESS) {
+      if (wc[i].error != nullptr) {
         if (lane < lane_count_ && progress_->Ended(lane)) continue;  // flushed after the end
-        return Error(Code::kPeerClosed,
-                     LaneName(lane) + ": receive failed: " + verbs::WcStatusName(wc[i].status));
+        return Error(Code::kPeerClosed, LaneName(lane) + ": receive failed: " + wc[i].error);
       }
       if (lane >= lane_count_)
         return Error(Code::kInternal, "completion for an unknown queue pair");
@@ -188,7 +189,7 @@ Status RdmaReceiver::HandleCompletions() {
       } else {
         RDMIG_RETURN_IF_ERROR(progress_->SetWatermark(lane, value).Annotate(LaneName(lane)));
         if (lane == fault_lane_ && --fault_after_ == 0) {
-          RDMIG_RETURN_IF_ERROR(verbs::ForceQpError(lanes_[lane]->qp).Annotate("RDMIG_FAULT"));
+          RDMIG_RETURN_IF_ERROR(lanes_[lane].qp.ForceError().Annotate("RDMIG_FAULT"));
         }
       }
       RDMIG_RETURN_IF_ERROR(Repost(lane, slot));
@@ -199,27 +200,26 @@ Status RdmaReceiver::HandleCompletions() {
 void RdmaReceiver::Poll() {
   Status s = HandleCompletions();
   while (s.ok() && !stop_) {
-    pollfd fds[2] = {{comp_channel_->fd, POLLIN, 0}, {channel_->fd, POLLIN, 0}};
+    pollfd fds[2] = {{comp_channel_.fd(), POLLIN, 0}, {channel_.fd(), POLLIN, 0}};
     if (::poll(fds, 2, 100) < 0 && errno != EINTR) {
       s = Status::FromErrno("poll", errno);
       break;
     }
     if (fds[0].revents & POLLIN) {
-      Result<ibv_cq*> cq =
-          verbs::WaitCompletionEvent(comp_channel_.get(), std::chrono::milliseconds(0));
-      if (!cq.ok()) {
-        s = cq.status();
+      Result<bool> notified = comp_channel_.TakeNotification(std::chrono::milliseconds(0));
+      if (!notified.ok()) {
+        s = notified.status();
         break;
       }
-      s = verbs::ArmCq(recv_cq_.get());
+      s = recv_cq_.Arm();
       if (s.ok()) s = HandleCompletions();
     }
     if (s.ok() && (fds[1].revents & POLLIN)) {
-      Result<verbs::CmEvent> ev = verbs::NextEvent(channel_.get(), std::chrono::milliseconds(0));
-      if (ev.ok() && ev->type == RDMA_CM_EVENT_DISCONNECTED) {
+      Result<verbs::CmEvent> ev = channel_.Next(std::chrono::milliseconds(0));
+      if (ev.ok() && ev->type == verbs::CmEventType::kDisconnected) {
         s = HandleCompletions();  // an END that arrived before the disconnect counts
         for (uint32_t l = 0; l < lane_count_ && s.ok(); ++l) {
-          if (lanes_[l].get() == ev->id && !progress_->Ended(l)) {
+          if (ev->About(lanes_[l].id) && !progress_->Ended(l)) {
             s = Error(Code::kPeerClosed, LaneName(l) + ": the source disconnected before the end");
           }
         }
@@ -248,8 +248,8 @@ LaneCounters RdmaReceiver::Counters(uint32_t lane) const {
 
 void RdmaReceiver::Abort() {
   if (progress_) progress_->Abort();
-  for (auto& id : lanes_) {
-    if (id) rdma_disconnect(id.get());
+  for (Connection& lane : lanes_) {
+    if (lane.id) (void)lane.id.Disconnect();  // best effort: the lanes fail with kAborted anyway
   }
 }
 
@@ -268,42 +268,45 @@ Result<std::unique_ptr<RdmaTransport>> RdmaTransport::Connect(const std::string&
     t->remote_[r.id] = r;
   }
   const auto deadline = Clock::now() + timeout;
-  RDMIG_ASSIGN_OR_RETURN(t->channel_, verbs::CreateEventChannel());
+  RDMIG_ASSIGN_OR_RETURN(t->channel_, verbs::EventChannel::Create());
   t->lanes_.reset(new Lane[lanes]);
   t->lane_count_ = lanes;
   for (uint32_t i = 0; i < lanes; ++i) {
-    RDMIG_ASSIGN_OR_RETURN(verbs::CmId id, verbs::CreateId(t->channel_.get()));
-    Status s = verbs::Resolve(t->channel_.get(), id.get(), ip, port, Left(deadline));
+    Status s = t->ConnectLane(t->lanes_[i], i, ip, port, session_id, Left(deadline));
     if (!s.ok()) return s.Annotate(LaneName(i));
-    ibv_context* ctx = id->verbs;
-    if (i == 0) {
-      RDMIG_ASSIGN_OR_RETURN(t->pd_, verbs::AllocPd(ctx));
-      RDMIG_ASSIGN_OR_RETURN(t->comp_channel_, verbs::CreateCompletionChannel(ctx));
-      t->zero_page_.assign(4096, std::byte{0});
-      RDMIG_ASSIGN_OR_RETURN(t->zero_mr_, verbs::RegisterMemory(t->pd_.get(), t->zero_page_.data(),
-                                                                t->zero_page_.size(), 0));
-    }
-    RDMIG_ASSIGN_OR_RETURN(verbs::CompletionQueue cq,
-                           verbs::CreateCq(ctx, kRdmaSendDepth + kRdmaCqSlack, t->comp_channel_.get()));
-    RDMIG_RETURN_IF_ERROR(verbs::CreateRcQp(id.get(), t->pd_.get(), cq.get(), cq.get(),
-                                            {kRdmaSendDepth, 1, kRdmaMaxSge, kInline}));
-    PrivateData pd{kPrivateMagic, static_cast<uint16_t>(i), static_cast<uint16_t>(lanes),
-                   session_id};
-    s = verbs::Connect(t->channel_.get(), id.get(),
-                       std::as_bytes(std::span<const PrivateData>(&pd, 1)), Left(deadline));
-    if (!s.ok()) return s.Annotate(LaneName(i));
-    Lane& lane = t->lanes_[i];
-    lane.index = i;
-    lane.qp = id->qp;
-    lane.cq = cq.get();
-    t->cqs_.push_back(std::move(cq));
-    t->ids_.push_back(std::move(id));
   }
   return t;
 }
 
+Status RdmaTransport::ConnectLane(Lane& lane, uint32_t index, const std::string& ip, uint16_t port,
+                                  uint64_t session_id, std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  lane.index = index;
+  RDMIG_ASSIGN_OR_RETURN(lane.id, verbs::CmId::Create(channel_));
+  RDMIG_RETURN_IF_ERROR(lane.id.Resolve(ip, port, Left(deadline)));
+  if (index == 0) {  // the device is known once the first lane's address resolved
+    RDMIG_ASSIGN_OR_RETURN(pd_, verbs::ProtectionDomain::Alloc(lane.id));
+    RDMIG_ASSIGN_OR_RETURN(comp_channel_, verbs::CompletionChannel::Create(lane.id));
+    zero_page_.assign(kZeroPageBytes, std::byte{0});
+    RDMIG_ASSIGN_OR_RETURN(zero_mr_,
+                           verbs::MemoryRegion::Register(pd_, zero_page_.data(), zero_page_.size(),
+                                                         verbs::Access::kDeviceReads));
+  }
+  RDMIG_ASSIGN_OR_RETURN(
+      lane.cq, verbs::CompletionQueue::Create(lane.id, kRdmaSourceCqDepth, &comp_channel_));
+  RDMIG_ASSIGN_OR_RETURN(lane.qp, verbs::QueuePair::CreateRc(lane.id, pd_, lane.cq, lane.cq,
+                                                             {kRdmaSendDepth, kRdmaSourceRecvDepth,
+                                                              kRdmaMaxSge, kRdmaMaxInline}));
+  const PrivateData pd{kPrivateMagic, static_cast<uint16_t>(index),
+                       static_cast<uint16_t>(lane_count_), session_id};
+  return lane.id.Connect(std::as_bytes(std::span<const PrivateData>(&pd, 1)), Left(deadline));
+}
+
 RdmaTransport::~RdmaTransport() {
-  for (auto& id : ids_) rdma_disconnect(id.get());
+  for (uint32_t i = 0; i < lane_count_; ++i) {
+    // Best effort: the destination sees the disconnect, or its lanes' retries run out.
+    if (lanes_[i].id) (void)lanes_[i].id.Disconnect();
+  }
 }
 
 Status RdmaTransport::Fail(Status s) {
@@ -313,25 +316,26 @@ Status RdmaTransport::Fail(Status s) {
 
 Status RdmaTransport::RegisterSource(std::span<const std::byte> memory) {
   RDMIG_ASSIGN_OR_RETURN(verbs::MemoryRegion mr,
-                         verbs::RegisterMemory(pd_.get(), memory.data(), memory.size(), 0));
-  sources_.push_back(Source{memory.data(), memory.data() + memory.size(), mr->lkey});
+                         verbs::MemoryRegion::Register(pd_, memory.data(), memory.size(),
+                                                       verbs::Access::kDeviceReads));
+  sources_.push_back(Source{memory.data(), memory.data() + memory.size(), mr.lkey()});
   source_mrs_.push_back(std::move(mr));
   return Status::Ok();
 }
 
 Status RdmaTransport::Reap(Lane& lane, std::chrono::milliseconds timeout) {
   const auto deadline = Clock::now() + timeout;
-  std::array<ibv_wc, kRdmaPollBatch> wc;
+  std::array<verbs::Completion, kRdmaPollBatch> wc;
   for (;;) {
-    RDMIG_ASSIGN_OR_RETURN(int n, verbs::PollCq(lane.cq, wc));
+    RDMIG_ASSIGN_OR_RETURN(size_t n, lane.cq.Poll(wc));
     if (n == 0) {
-      RDMIG_RETURN_IF_ERROR(verbs::ArmCq(lane.cq));
-      RDMIG_ASSIGN_OR_RETURN(n, verbs::PollCq(lane.cq, wc));  // what came before the arming
+      RDMIG_RETURN_IF_ERROR(lane.cq.Arm());
+      RDMIG_ASSIGN_OR_RETURN(n, lane.cq.Poll(wc));  // what came before the arming
     }
-    for (int i = 0; i < n; ++i) {
-      if (wc[i].status != IBV_WC_SUCCESS) {
-        return Fail(Error(Code::kPeerClosed, LaneName(lane.index) + ": write failed: " +
-                                                 verbs::WcStatusName(wc[i].status) +
+    for (size_t i = 0; i < n; ++i) {
+      if (wc[i].error != nullptr) {
+        return Fail(Error(Code::kPeerClosed, LaneName(lane.index) +
+                                                 ": write failed: " + wc[i].error +
                                                  " (the destination went away or refused it)"));
       }
       if (lane.sig_count == 0) return Fail(Error(Code::kInternal, "completion without a request"));
@@ -349,26 +353,25 @@ Status RdmaTransport::Reap(Lane& lane, std::chrono::milliseconds timeout) {
     }
     // Wait for a completion, or for the destination to go away (a disconnect arrives long before
     // the queue pair's retries run out).
-    pollfd fds[2] = {{comp_channel_->fd, POLLIN, 0}, {channel_->fd, POLLIN, 0}};
+    pollfd fds[2] = {{comp_channel_.fd(), POLLIN, 0}, {channel_.fd(), POLLIN, 0}};
     if (::poll(fds, 2, static_cast<int>(left.count())) < 0 && errno != EINTR) {
       return Fail(Status::FromErrno("poll", errno));
     }
     if (fds[1].revents & POLLIN) {
-      Result<verbs::CmEvent> ev = verbs::NextEvent(channel_.get(), std::chrono::milliseconds(0));
-      if (ev.ok() &&
-          (ev->type == RDMA_CM_EVENT_DISCONNECTED || ev->type == RDMA_CM_EVENT_DEVICE_REMOVAL)) {
-        return Fail(Error(Code::kPeerClosed, LaneName(lane.index) + ": the destination " +
-                                                 std::string(rdma_event_str(ev->type))));
+      Result<verbs::CmEvent> ev = channel_.Next(std::chrono::milliseconds(0));
+      if (ev.ok() && (ev->type == verbs::CmEventType::kDisconnected ||
+                      ev->type == verbs::CmEventType::kDeviceRemoval)) {
+        return Fail(Error(Code::kPeerClosed,
+                          LaneName(lane.index) + ": the destination " + std::string(ev->name)));
       }
     }
     if (fds[0].revents & POLLIN) {
-      RDMIG_RETURN_IF_ERROR(
-          verbs::WaitCompletionEvent(comp_channel_.get(), std::chrono::milliseconds(0)).status());
+      RDMIG_RETURN_IF_ERROR(comp_channel_.TakeNotification(std::chrono::milliseconds(0)).status());
     }
   }
 }
 
-Status RdmaTransport::PostOne(Lane& lane, ibv_send_wr& wr, uint64_t tag, bool force_signal) {
+Result<bool> RdmaTransport::Admit(Lane& lane, uint64_t tag, bool force_signal) {
   constexpr auto kStall = std::chrono::seconds(30);
   while (lane.posted - lane.completed >= kRdmaSendDepth - 1)
     RDMIG_RETURN_IF_ERROR(Reap(lane, kStall));
@@ -378,41 +381,29 @@ Status RdmaTransport::PostOne(Lane& lane, ibv_send_wr& wr, uint64_t tag, bool fo
     lane.signals[(lane.sig_head + lane.sig_count) % lane.signals.size()] = Signal{lane.posted, tag};
     ++lane.sig_count;
     lane.since_signal = 0;
-    wr.send_flags |= IBV_SEND_SIGNALED;
   }
-  wr.wr_id = lane.posted;
-  Status s = verbs::PostSend(lane.qp, &wr);
-  if (!s.ok()) return Fail(s.Annotate(LaneName(lane.index)));
+  return signaled;
+}
+
+Status RdmaTransport::FlushWrite(Lane& lane, uint64_t tag, bool last_of_batch) {
+  if (last_of_batch) lane.last_tag = tag;
+  RDMIG_ASSIGN_OR_RETURN(bool signaled, Admit(lane, last_of_batch ? tag : 0, last_of_batch));
+  const std::span<const verbs::Sge> local(lane.sge.data(), lane.nsge);
+  lane.nsge = 0;
+  return Posted(lane, lane.qp.PostWrite(local, lane.remote_addr, lane.rkey, signaled, lane.posted));
+}
+
+Status RdmaTransport::Posted(Lane& lane, Status post) {
+  if (!post.ok()) return Fail(post.Annotate(LaneName(lane.index)));
   ++lane.posted;
   return Status::Ok();
 }
 
-Status RdmaTransport::FlushWrite(Lane& lane, uint64_t tag, bool last_of_batch) {
-  ibv_send_wr wr{};
-  wr.sg_list = lane.sge.data();
-  wr.num_sge = static_cast<int>(lane.nsge);
-  wr.opcode = IBV_WR_RDMA_WRITE;
-  wr.wr.rdma.remote_addr = lane.remote_addr;
-  wr.wr.rdma.rkey = lane.rkey;
-  lane.nsge = 0;
-  if (last_of_batch) lane.last_tag = tag;
-  return PostOne(lane, wr, last_of_batch ? tag : 0, last_of_batch);
-}
-
 Status RdmaTransport::Post(std::span<const PageWrite> batch, uint64_t tag) {
   if (!broken_.ok()) return broken_;
-  if (finished_) return Error(Code::kInvalidArgument, "rdma transport: Post after Finish");
-  if (tag <= last_tag_ && last_tag_ != 0) {
-    return Error(Code::kInvalidArgument, "rdma transport: batch tags must increase");
-  }
   // Check the whole batch first: a bad page means nothing of the batch is written.
+  RDMIG_RETURN_IF_ERROR(CheckBatch("rdma", stream_, batch, tag));
   for (const PageWrite& p : batch) {
-    if (p.length == 0 || p.length > kMaxRunBytes || !WithinOneStripe(p.offset, p.length)) {
-      return Error(Code::kInvalidArgument, "rdma transport: page run at offset " +
-                                               std::to_string(p.offset) +
-                                               " is empty, too long "
-                                               "or crosses a lane stripe");
-    }
     if (p.region >= remote_.size() || remote_[p.region].rkey == 0 ||
         p.offset > remote_[p.region].length || p.length > remote_[p.region].length - p.offset) {
       return Error(Code::kOutOfRange, "rdma transport: page at offset " + std::to_string(p.offset) +
@@ -423,7 +414,7 @@ Status RdmaTransport::Post(std::span<const PageWrite> batch, uint64_t tag) {
   }
   for (const PageWrite& p : batch) {
     uint64_t local = reinterpret_cast<uint64_t>(p.data);
-    uint32_t lkey = zero_mr_->lkey;
+    uint32_t lkey = zero_mr_.lkey();
     if (p.data == nullptr) {
       local = reinterpret_cast<uint64_t>(zero_page_.data());
       if (p.length > zero_page_.size()) {
@@ -453,29 +444,26 @@ Status RdmaTransport::Post(std::span<const PageWrite> batch, uint64_t tag) {
       lane.remote_addr = remote;
       lane.rkey = r.rkey;
     }
-    lane.sge[lane.nsge++] = ibv_sge{local, p.length, lkey};
+    lane.sge[lane.nsge++] = verbs::Sge{local, p.length, lkey};
     lane.remote_end = remote + p.length;
   }
   for (uint32_t i = 0; i < lane_count_; ++i) {
     if (lanes_[i].nsge > 0) RDMIG_RETURN_IF_ERROR(FlushWrite(lanes_[i], tag, true));
   }
-  last_tag_ = tag;
+  stream_.last_tag = tag;
   return Status::Ok();
 }
 
-Status RdmaTransport::PostControl(Lane& lane, const uint64_t* value, bool signaled) {
-  ibv_sge sge{reinterpret_cast<uint64_t>(value), sizeof(uint64_t), 0};
-  ibv_send_wr wr{};
-  wr.sg_list = &sge;
-  wr.num_sge = 1;
-  wr.opcode = IBV_WR_SEND;
-  wr.send_flags = IBV_SEND_INLINE;  // the payload is copied at post time
-  return PostOne(lane, wr, 0, signaled);
+Status RdmaTransport::PostControl(Lane& lane, const uint64_t* value, bool force_signal) {
+  RDMIG_ASSIGN_OR_RETURN(bool signaled, Admit(lane, 0, force_signal));
+  const auto payload = std::as_bytes(std::span<const uint64_t>(value, 1));
+  return Posted(lane, lane.qp.PostInlineSend(payload, signaled, lane.posted));
 }
 
 Status RdmaTransport::PostWatermark(uint64_t mark) {
   if (!broken_.ok()) return broken_;
-  if (finished_) return Error(Code::kInvalidArgument, "rdma transport: watermark after Finish");
+  if (stream_.finished)
+    return Error(Code::kInvalidArgument, "rdma transport: watermark after Finish");
   if (mark <= last_mark_ || mark == kEndMark) {
     return Error(Code::kInvalidArgument, "rdma transport: watermark " + std::to_string(mark) +
                                              " does not exceed " + std::to_string(last_mark_));
@@ -498,12 +486,12 @@ Result<uint64_t> RdmaTransport::WaitCompleted(uint64_t tag, std::chrono::millise
     const uint64_t need = std::min(tag, lane.last_tag);
     while (lane.completed_tag < need) RDMIG_RETURN_IF_ERROR(Reap(lane, Left(deadline)));
   }
-  return std::min(tag, last_tag_);
+  return std::min(tag, stream_.last_tag);
 }
 
 Status RdmaTransport::Finish() {
   if (!broken_.ok()) return broken_;
-  if (finished_) return Status::Ok();
+  if (stream_.finished) return Status::Ok();
   control_buf_[1] = kEndMark;
   for (uint32_t i = 0; i < lane_count_; ++i) {
     RDMIG_RETURN_IF_ERROR(PostControl(lanes_[i], &control_buf_[1], true));
@@ -513,7 +501,7 @@ Status RdmaTransport::Finish() {
       RDMIG_RETURN_IF_ERROR(Reap(lanes_[i], std::chrono::seconds(30)));
     }
   }
-  finished_ = true;
+  stream_.finished = true;
   return Status::Ok();
 }
 
@@ -527,9 +515,9 @@ Result<std::unique_ptr<Transport>> ConnectRdmaLanes(const std::string& ip, uint1
                                                     uint64_t session_id, uint32_t lanes,
                                                     std::vector<RemoteRegion> remote,
                                                     std::chrono::milliseconds timeout) {
-  RDMIG_ASSIGN_OR_RETURN(std::unique_ptr<RdmaTransport> tx,
-                         RdmaTransport::Connect(ip, port, session_id, lanes, std::move(remote),
-                                                timeout));
+  RDMIG_ASSIGN_OR_RETURN(
+      std::unique_ptr<RdmaTransport> tx,
+      RdmaTransport::Connect(ip, port, session_id, lanes, std::move(remote), timeout));
   return std::unique_ptr<Transport>(std::move(tx));
 }
 

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "transfer/batch.h"
 #include "transfer/lane_progress.h"
 #include "transfer/rdma/verbs/verbs.h"
 #include "transfer/rdma_lanes.h"
@@ -23,17 +24,35 @@
 
 namespace rdmig {
 
-inline constexpr uint32_t kRdmaSendDepth = 256;   // work requests per queue pair
-inline constexpr uint32_t kRdmaSignalEvery = 32;  // an unsignaled run is at most this long
-inline constexpr uint32_t kRdmaRecvDepth = 64;    // watermark receives kept posted per lane
-inline constexpr uint32_t kRdmaMaxSge = 16;       // pages coalesced into one write
-inline constexpr uint32_t kRdmaSignalRing = 64;   // signaled requests outstanding per lane
-inline constexpr uint32_t kRdmaPollBatch = 16;    // completions taken per poll
-inline constexpr uint32_t kRdmaCqSlack = 8;       // source CQ beyond the send depth: its receive, a margin
-inline constexpr uint32_t kRdmaIdleSendCq = 16;   // the destination posts no sends: a token CQ
+// Queue depths. The source's queue pair keeps at most kRdmaSendDepth - 1 requests outstanding and
+// signals at least every kRdmaSignalEvery-th of them (and the last of each batch on its lane).
+inline constexpr uint32_t kRdmaSendDepth = 256;      // work requests per source queue pair
+inline constexpr uint32_t kRdmaSignalEvery = 32;     // an unsignaled run is at most this long
+inline constexpr uint32_t kRdmaSignalRing = 64;      // signaled requests outstanding per lane
+inline constexpr uint32_t kRdmaSourceRecvDepth = 1;  // the source receives nothing
+// The source's CQ (one per lane) beyond its send depth: its receive, and a margin. A failed queue
+// pair flushes every request it holds, signaled or not, so the CQ covers the whole send queue.
+inline constexpr uint32_t kRdmaCqSlack = 8;
+inline constexpr uint32_t kRdmaSourceCqDepth = kRdmaSendDepth + kRdmaCqSlack;
+inline constexpr uint32_t kRdmaRecvDepth = 64;  // watermark receives kept posted per lane
+inline constexpr uint32_t kRdmaRecvCqDepth = kRdmaRecvDepth * kMaxLanes;  // the destination's one
+inline constexpr uint32_t kRdmaIdleSendDepth = 4;  // the destination posts no sends: token depths
+inline constexpr uint32_t kRdmaIdleSendCq = 16;
+inline constexpr uint32_t kRdmaPollBatch = 16;  // completions taken per poll
+inline constexpr uint32_t kRdmaMaxSge = 16;     // pages coalesced into one write
+inline constexpr uint32_t kRdmaMaxInline = 64;  // bytes a SEND carries inline: a watermark's 8
 static_assert(kRdmaSignalEvery < kRdmaSendDepth, "a signaled request must fit the queue");
-static_assert(kRdmaSendDepth / kRdmaSignalEvery <= kRdmaSignalRing, "signal records fit their ring");
-static_assert(kRdmaPollBatch <= kRdmaSendDepth + kRdmaCqSlack, "a poll never asks beyond the CQ");
+static_assert(kRdmaSendDepth / kRdmaSignalEvery <= kRdmaSignalRing,
+              "signal records fit their ring");
+static_assert(kRdmaSourceCqDepth >= kRdmaSendDepth + kRdmaSourceRecvDepth,
+              "the source CQ holds a completion for every request its queue pair can have posted");
+static_assert(kRdmaRecvCqDepth >= kRdmaRecvDepth * kMaxLanes,
+              "the destination's receive CQ holds a completion for every receive posted");
+static_assert(kRdmaIdleSendCq >= kRdmaIdleSendDepth, "a CQ at least as deep as a queue on it");
+static_assert(kRdmaPollBatch <= kRdmaSourceCqDepth && kRdmaPollBatch <= kRdmaRecvCqDepth,
+              "a poll never asks beyond the CQ");
+static_assert(kRdmaMaxSge <= verbs::kMaxSge, "a coalesced write fits one post");
+static_assert(kRdmaMaxInline >= sizeof(uint64_t), "a watermark travels inline");
 
 // Destination. Thread-safety: thread-safe (a poller thread reads completions and cm events).
 class RdmaReceiver final : public RdmaLanesListener {
@@ -63,11 +82,17 @@ class RdmaReceiver final : public RdmaLanesListener {
   Status HandleCompletions();
   Status Repost(uint32_t lane, uint32_t slot);
 
+  // A connected lane: the cm id and then its queue pair (parent-first).
+  struct Connection {
+    verbs::CmId id;
+    verbs::QueuePair qp;
+  };
+
   Capabilities caps_;
   const RegionRegistry* regions_ = nullptr;
   uint16_t port_ = 0;
   uint32_t lane_count_ = 0;
-  // Parent-first: destroyed in reverse, so QPs (in the cm ids) go before CQ, MRs, PD, channel.
+  // Parent-first: destroyed in reverse, so QPs go before CQs, MRs, PD, cm ids and channel.
   verbs::EventChannel channel_;
   verbs::CmId listen_id_;
   verbs::ProtectionDomain pd_;
@@ -77,9 +102,8 @@ class RdmaReceiver final : public RdmaLanesListener {
   std::vector<verbs::MemoryRegion> region_mrs_;
   std::vector<uint64_t> recv_slots_;  // kRdmaRecvDepth 8-byte receive buffers per lane
   verbs::MemoryRegion recv_mr_;
-  std::vector<verbs::CmId> lanes_;
-  std::vector<uint32_t> qp_lane_;  // qp_num -> lane, small linear table
-  std::vector<uint32_t> qp_nums_;
+  std::vector<Connection> lanes_;
+  std::vector<uint32_t> qp_nums_;  // lane -> its queue pair's number
 
   std::unique_ptr<LaneProgress> progress_;  // made once the lane count is known
   // Fault injection (RDMIG_FAULT=rdma-lane-error:LANE:N, for the fault matrix): lane LANE's queue
@@ -113,10 +137,12 @@ class RdmaTransport final : public Transport {
     uint64_t seq = 0;  // lane sequence number of the request
     uint64_t tag = 0;  // the batch whose last request on this lane it is, 0 if none
   };
+  // Members parent-first: the CQ, then the cm id, then its queue pair on that CQ.
   struct Lane {
+    verbs::CompletionQueue cq;
+    verbs::CmId id;
+    verbs::QueuePair qp;
     uint32_t index = 0;
-    ibv_qp* qp = nullptr;
-    ibv_cq* cq = nullptr;
     uint64_t posted = 0;     // requests posted
     uint64_t completed = 0;  // requests known complete
     uint64_t since_signal = 0;
@@ -126,7 +152,7 @@ class RdmaTransport final : public Transport {
     uint64_t last_tag = 0;  // the newest batch that put a request on this lane
     LaneCounters sent;
     // The write under construction.
-    std::array<ibv_sge, kRdmaMaxSge> sge;
+    std::array<verbs::Sge, kRdmaMaxSge> sge;
     uint32_t nsge = 0;
     uint64_t remote_addr = 0;  // of the first byte
     uint64_t remote_end = 0;
@@ -139,30 +165,36 @@ class RdmaTransport final : public Transport {
   };
 
   RdmaTransport() = default;
+  // Sets up lane `index` and connects it; the first lane's device gets the PD and zero page.
+  Status ConnectLane(Lane& lane, uint32_t index, const std::string& ip, uint16_t port,
+                     uint64_t session_id, std::chrono::milliseconds timeout);
   Status FlushWrite(Lane& lane, uint64_t tag, bool last_of_batch);
-  Status PostOne(Lane& lane, ibv_send_wr& wr, uint64_t tag, bool last_of_batch);
+  // Makes room for the next request on `lane` (reaping completions) and decides whether it is
+  // signaled: when `force_signal` or its unsignaled run is long enough. A signaled one completes
+  // batch `tag` (0: none). Returns whether it is signaled.
+  Result<bool> Admit(Lane& lane, uint64_t tag, bool force_signal);
+  // Counts the request `post` put on `lane`, or fails the transport with its error.
+  Status Posted(Lane& lane, Status post);
   // An inline SEND of `*value` on `lane`: a watermark or the lane's end.
-  Status PostControl(Lane& lane, const uint64_t* value, bool signaled);
+  Status PostControl(Lane& lane, const uint64_t* value, bool force_signal);
   Status Reap(Lane& lane, std::chrono::milliseconds timeout);
   Status Fail(Status s);
 
   Capabilities caps_;
   std::vector<RemoteRegion> remote_;  // indexed by region id
-  uint64_t last_tag_ = 0;
+  BatchStream stream_;
   uint64_t last_mark_ = 0;
-  bool finished_ = false;
   Status broken_;
-  // Parent-first.
+  // Parent-first: destroyed in reverse, so each lane's QP, cm id and CQ go before the MRs, the
+  // completion channel, the PD and the event channel.
   verbs::EventChannel channel_;
   verbs::ProtectionDomain pd_;
   verbs::CompletionChannel comp_channel_;
-  std::vector<verbs::CompletionQueue> cqs_;
   std::vector<verbs::MemoryRegion> source_mrs_;
   std::vector<Source> sources_;
   std::vector<std::byte> zero_page_;  // before its MR: deregistered first
   verbs::MemoryRegion zero_mr_;
   std::array<uint64_t, 2> control_buf_{};  // watermark / end payload (sent inline)
-  std::vector<verbs::CmId> ids_;
   std::unique_ptr<Lane[]> lanes_;
   uint32_t lane_count_ = 0;
 };

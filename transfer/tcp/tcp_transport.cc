@@ -7,6 +7,7 @@
 #include <string>
 #include <thread>
 
+#include "transfer/batch.h"
 #include "transfer/fault.h"
 
 namespace rdmig {
@@ -56,8 +57,9 @@ Result<std::unique_ptr<TcpTransport>> TcpTransport::Create(std::vector<Fd> lanes
   std::unique_ptr<TcpTransport> t(new TcpTransport(std::move(lanes)));
   if (drop) {
     if (drop->a >= t->lane_count_ || drop->b == 0) {
-      return Error(Code::kInvalidArgument, "RDMIG_FAULT: want tcp-drop-page:LANE:N with LANE below " +
-                                               std::to_string(t->lane_count_) + " and N >= 1");
+      return Error(Code::kInvalidArgument,
+                   "RDMIG_FAULT: want tcp-drop-page:LANE:N with LANE below " +
+                       std::to_string(t->lane_count_) + " and N >= 1");
     }
     t->drop_lane_ = static_cast<uint32_t>(drop->a);
     t->drop_nth_ = drop->b;
@@ -88,17 +90,8 @@ Status TcpTransport::Flush(Lane& lane) {
 
 Status TcpTransport::Post(std::span<const PageWrite> batch, uint64_t tag) {
   if (!broken_.ok()) return broken_;
-  if (finished_) return Error(Code::kInvalidArgument, "tcp transport: Post after Finish");
-  if (tag <= last_tag_ && last_tag_ != 0) {
-    return Error(Code::kInvalidArgument, "tcp transport: batch tags must increase");
-  }
+  RDMIG_RETURN_IF_ERROR(CheckBatch("tcp", stream_, batch, tag));
   for (const PageWrite& p : batch) {
-    if (p.length == 0 || p.length > kMaxRunBytes || !WithinOneStripe(p.offset, p.length)) {
-      return Error(Code::kInvalidArgument,
-                   "tcp transport: page run at offset " + std::to_string(p.offset) + " of " +
-                       std::to_string(p.length) +
-                       " bytes is empty, too long or crosses a lane stripe");
-    }
     Lane& lane = lanes_[LaneOf(p.region, p.offset, lane_count_)];
     ++lane.sent.pages;
     if (p.data != nullptr) lane.sent.bytes += p.length;
@@ -115,7 +108,7 @@ Status TcpTransport::Post(std::span<const PageWrite> batch, uint64_t tag) {
   for (uint32_t i = 0; i < lane_count_; ++i) {
     if (lanes_[i].count > 0) RDMIG_RETURN_IF_ERROR(Flush(lanes_[i]));
   }
-  last_tag_ = tag;
+  stream_.last_tag = tag;
   return Status::Ok();
 }
 
@@ -132,7 +125,8 @@ Status TcpTransport::SendControl(Lane& lane, tcpwire::FrameType type, uint64_t v
 
 Status TcpTransport::PostWatermark(uint64_t mark) {
   if (!broken_.ok()) return broken_;
-  if (finished_) return Error(Code::kInvalidArgument, "tcp transport: watermark after Finish");
+  if (stream_.finished)
+    return Error(Code::kInvalidArgument, "tcp transport: watermark after Finish");
   if (mark <= last_mark_) {
     return Error(Code::kInvalidArgument, "tcp transport: watermark " + std::to_string(mark) +
                                              " does not exceed " + std::to_string(last_mark_));
@@ -148,21 +142,21 @@ Status TcpTransport::PostWatermark(uint64_t mark) {
 Result<uint64_t> TcpTransport::WaitCompleted(uint64_t tag, std::chrono::milliseconds) {
   // Post returns once the kernel holds the bytes: every posted batch is complete.
   if (!broken_.ok()) return broken_;
-  if (tag > last_tag_) {
+  if (tag > stream_.last_tag) {
     return Error(Code::kInvalidArgument,
                  "tcp transport: wait for tag " + std::to_string(tag) + " that was never posted");
   }
-  return last_tag_;
+  return stream_.last_tag;
 }
 
 Status TcpTransport::Finish() {
   if (!broken_.ok()) return broken_;
-  if (finished_) return Status::Ok();
+  if (stream_.finished) return Status::Ok();
   for (uint32_t i = 0; i < lane_count_; ++i) {
     RDMIG_RETURN_IF_ERROR(SendControl(lanes_[i], tcpwire::FrameType::kEnd, 0));
     ::shutdown(lanes_[i].fd.get(), SHUT_WR);
   }
-  finished_ = true;
+  stream_.finished = true;
   return Status::Ok();
 }
 

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "transfer/batch.h"
 #include "transfer/lane_progress.h"
 #include "transfer/net/socket.h"
 #include "transfer/region.h"
@@ -57,9 +58,8 @@ class TcpTransport final : public Transport {
   Capabilities caps_;
   std::unique_ptr<Lane[]> lanes_;
   uint32_t lane_count_;
-  uint64_t last_tag_ = 0;
+  BatchStream stream_;
   uint64_t last_mark_ = 0;
-  bool finished_ = false;
   Status broken_;  // first failure; every later call returns it
   // Fault injection (RDMIG_FAULT=tcp-drop-page:LANE:N, for the fault matrix): the Nth page posted
   // on lane LANE is counted as sent but never sent, as a lost write would be.
@@ -103,8 +103,8 @@ class TcpReceiver final : public Receiver {
   const RegionRegistry* regions_;
   std::unique_ptr<Lane[]> lanes_;
   uint32_t lane_count_;
-  // Fault injection (RDMIG_FAULT=tcp-hold-lane:LANE:MS, for tests of design rule 2): lane LANE waits
-  // MS ms before it lands each page frame, so that it falls behind the others and the control
+  // Fault injection (RDMIG_FAULT=tcp-hold-lane:LANE:MS, for tests of design rule 2): lane LANE
+  // waits MS ms before it lands each page frame, so that it falls behind the others and the control
   // channel. Set before the lane threads start.
   uint32_t hold_lane_ = UINT32_MAX;
   std::chrono::milliseconds hold_{0};

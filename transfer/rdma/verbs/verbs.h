@@ -1,15 +1,18 @@
-// The only place in rdmig that touches libibverbs and librdmacm handles. Each handle is owned by a
-// move-only RAII type (a unique_ptr with the library's destroy call); every call returns a Status
-// naming the verb and errno. Owners declare these parent-first (event channel, PD, completion
-// channel, CQs, MRs, then cm ids with their QPs) so that teardown runs children-first.
-// Thread-safety: handles are owned by one thread; the verbs themselves are thread-safe per
-// libibverbs.
+// The verbs boundary: the only place in rdmig that calls libibverbs and librdmacm, builds their
+// work requests or reads their completions. Only verbs.cc includes their headers; this one names
+// their handle types by forward declaration, so that nothing above sees <infiniband/*.h> or
+// <rdma/*.h>.
+//
+// Each handle is owned by a move-only RAII type (an empty one owns nothing); every call returns a
+// Status naming the verb and errno. A child keeps no reference to its parent alive, so owners
+// declare members parent-first (event channel, cm ids, PD, completion channel, CQs, MRs, queue
+// pairs), as rdma-core's pyverbs does: reverse destruction then tears children down first.
+// Posting and polling allocate nothing and make no virtual call.
+// Thread-safety: a handle is used by one thread at a time; the verbs themselves are thread-safe.
 #pragma once
 
-#include <infiniband/verbs.h>
-#include <rdma/rdma_cma.h>
-
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -18,66 +21,183 @@
 
 #include "transfer/status.h"
 
+struct ibv_comp_channel;
+struct ibv_cq;
+struct ibv_mr;
+struct ibv_pd;
+struct rdma_cm_id;
+struct rdma_event_channel;
+
 namespace rdmig::verbs {
 
-struct EventChannelDeleter {
-  void operator()(rdma_event_channel* c) const { rdma_destroy_event_channel(c); }
-};
-struct CmIdDeleter {  // a cm id owns the QP created on it
-  void operator()(rdma_cm_id* id) const {
-    if (id->qp != nullptr) rdma_destroy_qp(id);
-    rdma_destroy_id(id);
-  }
-};
-struct PdDeleter {
-  void operator()(ibv_pd* pd) const { ibv_dealloc_pd(pd); }
-};
-struct CompChannelDeleter {
-  void operator()(ibv_comp_channel* c) const { ibv_destroy_comp_channel(c); }
-};
-struct CqDeleter {
-  void operator()(ibv_cq* cq) const { ibv_destroy_cq(cq); }
-};
-struct MrDeleter {
-  void operator()(ibv_mr* mr) const { ibv_dereg_mr(mr); }
+// Scatter-gather entries one post takes at most.
+inline constexpr size_t kMaxSge = 32;
+
+class CmId;
+class CmEvent;
+
+// Connection-manager events arrive here, for every cm id created on it.
+class EventChannel {
+ public:
+  EventChannel() = default;
+  static Result<EventChannel> Create();
+
+  int fd() const;  // readable when an event waits
+  // Waits for the next event within `timeout`; the event is acknowledged when it returns.
+  Result<CmEvent> Next(std::chrono::milliseconds timeout);
+
+ private:
+  friend class CmId;
+  struct Destroy {
+    void operator()(rdma_event_channel* channel) const;
+  };
+  std::unique_ptr<rdma_event_channel, Destroy> channel_;
 };
 
-using EventChannel = std::unique_ptr<rdma_event_channel, EventChannelDeleter>;
-using CmId = std::unique_ptr<rdma_cm_id, CmIdDeleter>;
-using ProtectionDomain = std::unique_ptr<ibv_pd, PdDeleter>;
-using CompletionChannel = std::unique_ptr<ibv_comp_channel, CompChannelDeleter>;
-using CompletionQueue = std::unique_ptr<ibv_cq, CqDeleter>;
-using MemoryRegion = std::unique_ptr<ibv_mr, MrDeleter>;
+// A connection-manager id: a listener, or one end of a connection. Its queue pair is a QueuePair
+// of its own, declared after it.
+class CmId {
+ public:
+  CmId() = default;
+  static Result<CmId> Create(EventChannel& channel);
 
-// A connection-manager event, copied out and acknowledged.
-struct CmEvent {
-  rdma_cm_event_type type;
-  rdma_cm_id* id = nullptr;  // for CONNECT_REQUEST: a new id the caller now owns
+  // Binds to ip:port (port 0: any) and listens. The address must be the RDMA device's own IP, so
+  // that the id names the device.
+  Status BindAndListen(const std::string& ip, uint16_t port, int backlog);
+  uint16_t BoundPort() const;
+  // Resolves the address and route of ip:port, waiting on the id's event channel.
+  Status Resolve(const std::string& ip, uint16_t port, std::chrono::milliseconds timeout);
+  // Connects (the queue pair must exist) and waits for ESTABLISHED on the id's event channel.
+  Status Connect(std::span<const std::byte> private_data, std::chrono::milliseconds timeout);
+  Status Accept();
+  Status Reject();
+  Status Disconnect();
+
+  explicit operator bool() const { return id_ != nullptr; }
+
+ private:
+  friend class CmEvent;
+  friend class CompletionChannel;
+  friend class CompletionQueue;
+  friend class EventChannel;
+  friend class ProtectionDomain;
+  friend class QueuePair;
+  struct Destroy {
+    void operator()(rdma_cm_id* id) const;
+  };
+  explicit CmId(rdma_cm_id* id) : id_(id) {}
+  std::unique_ptr<rdma_cm_id, Destroy> id_;
+};
+
+enum class CmEventType { kConnectRequest, kEstablished, kDisconnected, kDeviceRemoval, kOther };
+
+// A connection-manager event, copied out of the library.
+class CmEvent {
+ public:
+  CmEventType type = CmEventType::kOther;
+  const char* name = "";  // the library's name of the event, for messages
   int status = 0;
   std::vector<std::byte> private_data;
+  CmId request;  // kConnectRequest: the new id, for the caller to take
+
+  // True when the event concerns `id`.
+  bool About(const CmId& id) const;
+
+ private:
+  friend class EventChannel;
+  const rdma_cm_id* id_ = nullptr;
 };
 
-Result<EventChannel> CreateEventChannel();
-Result<CmId> CreateId(rdma_event_channel* channel, void* context = nullptr);
-// Waits for the next event on `channel` within `timeout`.
-Result<CmEvent> NextEvent(rdma_event_channel* channel, std::chrono::milliseconds timeout);
-// Waits for an event of `type`; any other event is an error that names both.
-Result<CmEvent> ExpectEvent(rdma_event_channel* channel, rdma_cm_event_type type,
-                            std::chrono::milliseconds timeout, const std::string& what);
+class ProtectionDomain {
+ public:
+  ProtectionDomain() = default;
+  // On the device `device` is bound or resolved to.
+  static Result<ProtectionDomain> Alloc(const CmId& device);
 
-// Binds `id` to ip:port (port 0: any) and listens. The address must be the RDMA device's own IP,
-// so that id->verbs names the device.
-Status BindAndListen(rdma_cm_id* id, const std::string& ip, uint16_t port, int backlog);
-uint16_t BoundPort(rdma_cm_id* id);
-// Resolves the address and route of ip:port for an active id.
-Status Resolve(rdma_event_channel* channel, rdma_cm_id* id, const std::string& ip, uint16_t port,
-               std::chrono::milliseconds timeout);
+ private:
+  friend class MemoryRegion;
+  friend class QueuePair;
+  struct Destroy {
+    void operator()(ibv_pd* pd) const;
+  };
+  std::unique_ptr<ibv_pd, Destroy> pd_;
+};
 
-Result<ProtectionDomain> AllocPd(ibv_context* context);
-Result<CompletionChannel> CreateCompletionChannel(ibv_context* context);
-Result<CompletionQueue> CreateCq(ibv_context* context, int depth, ibv_comp_channel* channel);
-// Registers [addr, addr + length); a failure for lack of locked memory says how to raise it.
-Result<MemoryRegion> RegisterMemory(ibv_pd* pd, const void* addr, size_t length, int access);
+// Completion notifications of the CQs created on it.
+class CompletionChannel {
+ public:
+  CompletionChannel() = default;
+  static Result<CompletionChannel> Create(const CmId& device);
+
+  int fd() const;  // readable when a notification waits
+  // Takes and acknowledges one notification, waiting up to `timeout`; false when none came.
+  Result<bool> TakeNotification(std::chrono::milliseconds timeout);
+
+ private:
+  friend class CompletionQueue;
+  struct Destroy {
+    void operator()(ibv_comp_channel* channel) const;
+  };
+  std::unique_ptr<ibv_comp_channel, Destroy> channel_;
+};
+
+// A work completion: the request's id, its queue pair, and nullptr or the library's name of the
+// failure.
+struct Completion {
+  uint64_t wr_id = 0;
+  uint32_t qp_num = 0;
+  const char* error = nullptr;
+};
+
+class CompletionQueue {
+ public:
+  CompletionQueue() = default;
+  // Holds `depth` completions; notifies on `notify` when armed (nullptr: never).
+  static Result<CompletionQueue> Create(const CmId& device, uint32_t depth,
+                                        CompletionChannel* notify);
+
+  // Takes up to out.size() completions; returns how many.
+  Result<size_t> Poll(std::span<Completion> out);
+  // Asks for one notification on the completion channel at the next completion.
+  Status Arm();
+
+ private:
+  friend class QueuePair;
+  struct Destroy {
+    void operator()(ibv_cq* cq) const;
+  };
+  std::unique_ptr<ibv_cq, Destroy> cq_;
+};
+
+// Who may touch a memory region: only this host's device reading it, receives landing in it, or
+// also the peer's RDMA WRITEs.
+enum class Access { kDeviceReads, kLocalWrite, kRemoteWrite };
+
+class MemoryRegion {
+ public:
+  MemoryRegion() = default;
+  // Registers [addr, addr + length); a failure for lack of locked memory says how to raise it.
+  static Result<MemoryRegion> Register(const ProtectionDomain& pd, const void* addr, size_t length,
+                                       Access access);
+
+  uint32_t lkey() const { return lkey_; }
+  uint32_t rkey() const { return rkey_; }
+
+ private:
+  struct Destroy {
+    void operator()(ibv_mr* mr) const;
+  };
+  std::unique_ptr<ibv_mr, Destroy> mr_;
+  uint32_t lkey_ = 0;
+  uint32_t rkey_ = 0;
+};
+
+// Local memory a work request reads or fills: [addr, addr + length) of a region with `lkey`.
+struct Sge {
+  uint64_t addr = 0;
+  uint32_t length = 0;
+  uint32_t lkey = 0;
+};
 
 struct QpShape {
   uint32_t send_depth;
@@ -85,26 +205,35 @@ struct QpShape {
   uint32_t max_sge;
   uint32_t max_inline;
 };
-Status CreateRcQp(rdma_cm_id* id, ibv_pd* pd, ibv_cq* send_cq, ibv_cq* recv_cq,
-                  const QpShape& shape);
 
-Status Connect(rdma_event_channel* channel, rdma_cm_id* id, std::span<const std::byte> private_data,
-               std::chrono::milliseconds timeout);
-Status Accept(rdma_cm_id* id);
+// The reliable-connected queue pair of a cm id; the id must outlive it (declare it after the id).
+// Sends are signaled only when asked.
+class QueuePair {
+ public:
+  QueuePair() = default;
+  static Result<QueuePair> CreateRc(const CmId& id, const ProtectionDomain& pd,
+                                    const CompletionQueue& send_cq, const CompletionQueue& recv_cq,
+                                    const QpShape& shape);
 
-Status PostSend(ibv_qp* qp, ibv_send_wr* wr);
-Status PostRecv(ibv_qp* qp, ibv_recv_wr* wr);
-// Moves `qp` to the error state, as a failed link leaves it once its retries run out: its posted
-// requests flush and its peer's writes go unanswered. Used only by fault injection (RDMIG_FAULT).
-Status ForceQpError(ibv_qp* qp);
-// Polls up to wc.size() completions; returns how many.
-Result<int> PollCq(ibv_cq* cq, std::span<ibv_wc> wc);
-// Arms `cq` for one notification on its completion channel.
-Status ArmCq(ibv_cq* cq);
-// Waits for a notification on `channel` within `timeout`; returns the CQ that fired, or nullptr on
-// timeout. Acknowledges the event.
-Result<ibv_cq*> WaitCompletionEvent(ibv_comp_channel* channel, std::chrono::milliseconds timeout);
-const char* WcStatusName(ibv_wc_status status);
+  uint32_t num() const { return num_; }
+  // An RDMA WRITE of the `local` entries, in order, to [remote_addr, ...) under `rkey`.
+  Status PostWrite(std::span<const Sge> local, uint64_t remote_addr, uint32_t rkey, bool signaled,
+                   uint64_t wr_id);
+  // A SEND whose payload is copied at post time (it must fit the queue pair's max_inline).
+  Status PostInlineSend(std::span<const std::byte> payload, bool signaled, uint64_t wr_id);
+  Status PostRecv(const Sge& buffer, uint64_t wr_id);
+  // Moves the queue pair to the error state, as a failed link leaves it once its retries run out:
+  // its posted requests flush and its peer's writes go unanswered. Used only by fault injection
+  // (RDMIG_FAULT).
+  Status ForceError();
+
+ private:
+  struct Destroy {  // destroys the queue pair of the id, not the id
+    void operator()(rdma_cm_id* id) const;
+  };
+  std::unique_ptr<rdma_cm_id, Destroy> owner_;
+  uint32_t num_ = 0;
+};
 
 struct DeviceInfo {
   std::string name;
