@@ -167,7 +167,8 @@ class Orchestrator {
       if (cancelled_.ok()) CancelIfAsked(status, deadline);
       status = follow.Step();
       sides_.OnStep(status);
-      if (o_.on_progress) o_.on_progress(follow.ProgressLine());
+      const std::string line = follow.ProgressLine();  // empty until the source answered
+      if (o_.on_progress && !line.empty()) o_.on_progress(line);
       if (!cancelled_.ok() && Clock::now() > deadline + kCancelGrace) break;
     }
     if (o_.on_progress) o_.on_progress("");
