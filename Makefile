@@ -11,7 +11,7 @@ FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
 # The unit-test binaries and the rdmig command: what the sanitizer build needs for `ctest -L unit`.
 UNIT_TARGETS = transfer_unit_test tcp_transport_test session_test qmp_test convergence_test cli_test \
-               endpoint_test stream_test stream_endpoints_test libvirt_test rdmig
+               endpoint_test stream_test stream_endpoints_test libvirt_test migration_test rdmig
 
 .PHONY: all deps configure build test test-sanitize fuzz demo demo-pages bench bench-rdma bench-migration bench-verify bench-convergence soak format clean
 
