@@ -25,6 +25,10 @@ inline constexpr uint8_t kSectionFooter = 0x7e;
 // path sends (libvirt turns the return path on): open it, and a ping the destination answers.
 inline constexpr uint16_t kCmdOpenReturnPath = 1;
 inline constexpr uint16_t kCmdPing = 2;
+// QEMU 10.0's MIG_CMD_SWITCHOVER_START (migration/savevm.c), no payload: sent at the switchover,
+// before the last RAM section and the device state, when the migration property
+// send-switchover-start is on (machine types from 10.0; hw_compat_9_2 turns it off).
+inline constexpr uint16_t kCmdSwitchoverStart = 11;
 
 inline constexpr uint32_t kRamSectionVersion = 4;
 

@@ -236,10 +236,12 @@ StreamParser::Step StreamParser::ParseTopLevel(std::span<const std::byte> d, siz
       return Step::kDone;
     }
     case kCommand: {
-      // The destination answers these on the return path, which the endpoints carry back.
+      // The destination answers the first two on the return path, which the endpoints carry
+      // back; the switchover's start it only notes. All stay in the stream as they are.
       if (d.size() < 5) return Step::kNeedMore;
       const uint16_t cmd = Be16(d.data() + 1), len = Be16(d.data() + 3);
-      const bool known = (cmd == kCmdOpenReturnPath && len == 0) || (cmd == kCmdPing && len == 4);
+      const bool known = (cmd == kCmdOpenReturnPath && len == 0) ||
+                         (cmd == kCmdPing && len == 4) || (cmd == kCmdSwitchoverStart && len == 0);
       if (!known) {
         unknown_ = "migration command " + std::to_string(cmd) + " of " + std::to_string(len) +
                    " bytes";

@@ -117,6 +117,25 @@ TEST(StreamParser, ReturnPathCommandsAreKeptAndParsingGoesOn) {
   }
 }
 
+// QEMU 10.0 (machine types from 10.0) announces the switchover with MIG_CMD_SWITCHOVER_START between
+// the last iteration and the final RAM section: it stays in the stream, and the pages after it still
+// come out.
+TEST(StreamParser, QemuTensSwitchoverStartIsKeptAndParsingGoesOn) {
+  StreamBuilder b;
+  b.Header().Configuration().RamStart(2, {{"mem0", 64 * 1024}}).EosFooter(2);
+  b.Part(2).Page("mem0", 0, 0x11).EosFooter(2);
+  b.U8(kCommand).U8(0).U8(kCmdSwitchoverStart).U8(0).U8(0);  // switchover start
+  b.End(2).Page("mem0", 4096, 0x55).EosFooter(2).DeviceStateAndEof();
+  for (size_t piece : {1, 5, 4096}) {
+    StreamParser p;
+    Parsed out = ParseInPieces(p, b.bytes, piece);
+    EXPECT_EQ(out.rebuilt, b.bytes);
+    EXPECT_NE(p.state(), StreamParser::State::kPassthrough) << p.passthrough_reason();
+    EXPECT_EQ(p.pages(), 2u);
+    EXPECT_TRUE(p.at_clean_end());
+  }
+}
+
 TEST(StreamParser, OtherMigrationCommandsArePassedThrough) {
   StreamBuilder b;
   b.Header().Configuration();
