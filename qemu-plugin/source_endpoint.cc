@@ -42,6 +42,25 @@ void AnnounceBlock(const link::RegionSpec& block, stream::ChunkWriter* chunk) {
   chunk->Raw(header, 9 + block.name.size());
 }
 
+void PutBe32(std::byte* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = std::byte{static_cast<uint8_t>(v >> (24 - 8 * i))};
+}
+
+// A QEMU_VM_SECTION_PART header of the ram section, and its EOS record and footer.
+void OpenRamSection(uint32_t section, stream::ChunkWriter* chunk) {
+  std::byte header[5] = {std::byte{stream::kSectionPart}};
+  PutBe32(header + 1, section);
+  chunk->Raw(header, sizeof(header));
+}
+
+void CloseRamSection(uint32_t section, stream::ChunkWriter* chunk) {
+  std::byte end[8 + 5] = {};
+  end[7] = std::byte{static_cast<uint8_t>(stream::kRamEos)};
+  end[8] = std::byte{stream::kSectionFooter};
+  PutBe32(end + 9, section);
+  chunk->Raw(end, sizeof(end));
+}
+
 // A stream that stopped before QEMU's end of stream: the source migration failed or was cut.
 Status EndedEarly(const stream::StreamParser& parser, size_t unparsed) {
   std::string where = unparsed > 0 ? "inside a record (" + std::to_string(unparsed) + " bytes left, " +
@@ -236,11 +255,15 @@ class SourceEndpoint {
 
   // QEMU never saw the stripped records, so it does not know which block a verbatim CONTINUE
   // record refers to. Name it: a PAGE record for page 0 of that block whose payload is what landed
-  // there (the chunk is released only after it landed).
+  // there (the chunk is released only after it landed). Between sections (QEMU 10.0's switchover
+  // start before the last ram section, say) a record is valid only inside a ram section, so it
+  // gets one of its own.
   void AnnounceVerbatimBlock(const stream::Item& it) {
     if (staged_ || it.block == stream::Item::kNoBlock || !laned_[it.block]) return;
+    if (it.between_sections) OpenRamSection(it.ram_section, &chunk_);
     AnnounceBlock(layout_[it.block], &chunk_);
     chunk_.Staged(it.block, 0, stream::kTargetPageSize);
+    if (it.between_sections) CloseRamSection(it.ram_section, &chunk_);
   }
 
   Status PostPages() {

@@ -257,6 +257,41 @@ TEST(StreamEndpoints, DirectModeNamesTheBlockBeforeAVerbatimContinueRecord) {
   EXPECT_EQ(std::to_integer<int>(files.at("mem0").data()[4096]), 0x22);
 }
 
+// QEMU 10.0 sends its switchover start between two ram sections. Were it unknown there, the block
+// a later CONTINUE record refers to must be named inside a ram section of its own: a record between
+// sections is what QEMU reads as a section type, then fails on.
+TEST(StreamEndpoints, DirectModeNamesTheBlockInASectionOfItsOwnWhenVerbatimBeginsBetweenSections) {
+  auto files = StaleRamFile();
+  StreamBuilder b;
+  b.Header().Configuration().RamStart(2, {{"mem0", kRam}}).EosFooter(2);
+  b.Part(2).Page("mem0", 0, 0x11).Page("", 4096, 0x22).EosFooter(2);
+  b.U8(stream::kCommand).U8(0).U8(99).U8(0).U8(0);  // a command rdmig does not know
+  b.End(2).Page("", 8192, 0x33).EosFooter(2).DeviceStateAndEof();
+  DestinationStreamOptions d;
+  d.mode = DestinationStreamOptions::Mode::kDirect;
+  d.ram_files = &files;
+  Outcome o = Migrate(b.bytes, d);
+  ASSERT_NE(o.source.passthrough.find("migration command 99"), std::string::npos)
+      << o.source.passthrough;
+  stream::StreamParser p;
+  std::vector<stream::Item> items;
+  p.Parse(o.qemu_stream, &items);
+  ASSERT_EQ(p.state(), stream::StreamParser::State::kPassthrough) << "QEMU's stream: "
+                                                                   << p.passthrough_reason();
+  EXPECT_NE(p.passthrough_reason().find("migration command 99"), std::string::npos)
+      << "the stream QEMU reads is malformed before the verbatim part: " << p.passthrough_reason();
+  bool named = false;
+  for (const auto& it : items) {
+    if (it.kind == stream::Item::kPage) {
+      named = it.block == 0 && it.offset == 0 && std::to_integer<int>(it.page[0]) == 0x11;
+    }
+    if (it.kind == stream::Item::kPassthrough) {
+      EXPECT_TRUE(named) << "no ram section naming mem0 with its landed payload before the command";
+      EXPECT_TRUE(it.between_sections);
+    }
+  }
+}
+
 // Design rule 5, source side: a stream that stops anywhere before QEMU's own end of stream (at a
 // record boundary, in the device state, right after the EOF byte) is a failed migration, and the
 // destination QEMU never receives an end of stream.

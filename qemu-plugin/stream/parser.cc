@@ -141,12 +141,17 @@ void StreamParser::ForcePassthrough(std::string reason, std::vector<Item>* out) 
 
 void StreamParser::EnterPassthrough(const std::string& reason, std::vector<Item>* out) {
   if (state_ == State::kPassthrough) return;
-  state_ = State::kPassthrough;
-  passthrough_reason_ = reason + " at stream offset " + std::to_string(position_);
+  // Between a ram section's EOS and its footer no record can be placed: nothing is named there.
+  const bool nameable = state_ == State::kRam || state_ == State::kTopLevel;
   Item item;
   item.kind = Item::kPassthrough;
-  item.block = current_block_ >= 0 ? static_cast<uint32_t>(current_block_) : Item::kNoBlock;
+  item.block = nameable && current_block_ >= 0 ? static_cast<uint32_t>(current_block_)
+                                               : Item::kNoBlock;
+  item.between_sections = state_ == State::kTopLevel;
+  item.ram_section = ram_section_id_;
   out->push_back(item);
+  state_ = State::kPassthrough;
+  passthrough_reason_ = reason + " at stream offset " + std::to_string(position_);
 }
 
 size_t StreamParser::Parse(std::span<const std::byte> data, std::vector<Item>* out,

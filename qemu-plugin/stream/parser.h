@@ -34,16 +34,19 @@ struct Item {
     kZero,  // a ZERO record: the whole record [data, data + length); fill byte in `fill`
     // The stream switches to pass-through here: every byte after this is verbatim. `block` is the
     // RAM block the source QEMU named last (what a following CONTINUE record refers to), or
-    // kNoBlock.
+    // kNoBlock. `between_sections`: it switched between two sections, where a record naming that
+    // block must come in a ram section of its own (id `ram_section`); otherwise inside one.
     kPassthrough,
   };
   static constexpr uint32_t kNoBlock = UINT32_MAX;
   Kind kind = kRaw;
   uint8_t fill = 0;
+  bool between_sections = false;  // kPassthrough
   uint32_t block = 0;   // index into blocks() (kPage, kZero)
   uint64_t offset = 0;  // byte offset in the block (kPage, kZero)
   const std::byte* data = nullptr;
   uint32_t length = 0;
+  uint32_t ram_section = 0;  // kPassthrough
   const std::byte* page = nullptr;
 };
 

@@ -3,7 +3,9 @@
 
 Cases: an idle guest and a guest dirtying 20 MiB/s over 64 MiB, each in direct and staged mode.
 Oracle: once the migration completed, the source (paused) and destination RAM files are identical
-page by page, the destination guest's own check passes and its heartbeat continues.
+page by page, the destination guest's own check passes and its heartbeat continues; the report
+names no pass-through, and in direct mode at least every page of guest RAM went on the lanes.
+`Qemus` picks the QEMU binary per side and the machine type (tests/e2e/qemu10_test.py's matrix).
 With XBZRLE on, the stream carries records rdmig does not parse: the rest of it goes verbatim
 (pass-through), memory still matches, and the report says so.
 Negative: `rdmig receive` killed mid-migration leaves the source guest running (and its memory
@@ -30,7 +32,14 @@ def run_migrate(rdmig, src, dst, recv, work, extra=()):
                           capture_output=True, text=True, timeout=300)
 
 
-def migrate_case(rdmig, guest_dir, rate, mode, xbzrle=False):
+class Qemus:
+    """The QEMU binary on each side and the machine type both use."""
+
+    def __init__(self, source="qemu-system-x86_64", destination="qemu-system-x86_64", machine="q35"):
+        self.source, self.destination, self.machine = source, destination, machine
+
+
+def migrate_case(rdmig, guest_dir, rate, mode, xbzrle=False, qemus=Qemus()):
     work = tempfile.mkdtemp(prefix="rdmig-e2e-")
     recv = None
     try:
@@ -39,8 +48,10 @@ def migrate_case(rdmig, guest_dir, rate, mode, xbzrle=False):
         # The destination is started as docs/usage.md says, without -S: rdmig migrate turns its
         # autostart off, and --paused leaves it paused once verified, for the memory comparison.
         with t.Guest(guest_dir, "src", wss_mib=8 if xbzrle else 64, rate_mib=rate, workdir=work,
-                     append="rdmig.sparse=1" if xbzrle else "") as src, \
-             t.Guest(guest_dir, "dst", incoming="defer", workdir=work) as dst:
+                     append="rdmig.sparse=1" if xbzrle else "", qemu=qemus.source,
+                     machine=qemus.machine) as src, \
+             t.Guest(guest_dir, "dst", incoming="defer", workdir=work, qemu=qemus.destination,
+                     machine=qemus.machine) as dst:
             src.wait_ready()
             src.console.expect("HB t=", 10)
             if xbzrle:  # later passes then carry XBZRLE records, which rdmig does not parse
@@ -54,14 +65,22 @@ def migrate_case(rdmig, guest_dir, rate, mode, xbzrle=False):
             print(m.stdout.strip())
             if m.returncode != 0:
                 print("rdmig migrate failed:", m.stderr)
+                print("the destination QEMU said:", open(f"{work}/dst.qemu.err").read()[-600:])
                 return False
             report = json.load(open(f"{work}/migrate.json"))
             recv.finish(30)
             assert report["outcome"] == "completed" and report["mode"] == mode, report
+            print("pass-through:", report["passthrough"] or "none")
             if xbzrle:
-                print("pass-through:", report["passthrough"])
                 assert "XBZRLE" in report["passthrough"], report
                 assert "pass-through: " in m.stdout, m.stdout
+            print(f"lanes carried {report['lane_pages']} pages; {report['control_bytes']} bytes "
+                  f"went on the control channel")
+            # Every record understood: nothing verbatim, and in direct mode every page on the lanes.
+            parsed = xbzrle or not report["passthrough"]
+            if mode == "direct" and report["lane_pages"] < t.RAM_BYTES // 4096:
+                print("direct mode: not every page of guest RAM went on the lanes")
+                parsed = False
             assert src.status() == "postmigrate", src.status()
             assert dst.status() == "paused", dst.status()
             assert report["switchover_checks"]["destination_read_all"], report
@@ -74,7 +93,8 @@ def migrate_case(rdmig, guest_dir, rate, mode, xbzrle=False):
             print("destination guest:", verdict)
             hb = dst.console.expect("HB t=", 15)
             print("destination heartbeat:", hb)
-            return verdict.startswith("VERIFY OK") and b"CORRUPT" not in dst.console.everything
+            return (parsed and verdict.startswith("VERIFY OK")
+                    and b"CORRUPT" not in dst.console.everything)
     finally:
         if recv:
             recv.kill()
