@@ -9,11 +9,31 @@ SOAK_RUNS  ?= 50
 SAN_BUILD  ?= build-sanitize
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
+# The QEMU of each side for the benchmarks that migrate a guest: QEMU=7.2 (the system's) or
+# QEMU=10.0 (bookworm-backports, unpacked into $(BUILD)/qemu-10 by scripts/fetch-qemu10), or
+# SRC_QEMU / DST_QEMU binaries of your own; MACHINE the machine type both sides use
+# (e.g. make bench-migration QEMU=10.0; SRC_QEMU=qemu-system-x86_64 QEMU=10.0 MACHINE=pc-q35-7.2).
+QEMU       ?= 7.2
+MACHINE    ?= q35
+QEMU10      = $(abspath $(BUILD))/qemu-10/qemu10
+ifeq ($(QEMU),10.0)
+SRC_QEMU   ?= $(QEMU10)
+DST_QEMU   ?= $(QEMU10)
+QEMU_FETCH  = qemu10
+else ifneq ($(QEMU),7.2)
+$(error QEMU=$(QEMU): say 7.2 or 10.0, or name the binaries with SRC_QEMU and DST_QEMU)
+endif
+SRC_QEMU   ?= qemu-system-x86_64
+DST_QEMU   ?= qemu-system-x86_64
+ifneq ($(filter $(QEMU10),$(SRC_QEMU) $(DST_QEMU)),)
+QEMU_FETCH  = qemu10
+endif
+QEMU_SIDES  = RDMIG_SRC_QEMU=$(SRC_QEMU) RDMIG_DST_QEMU=$(DST_QEMU) RDMIG_MACHINE=$(MACHINE)
 # The unit-test binaries and the rdmig command: what the sanitizer build needs for `ctest -L unit`.
 UNIT_TARGETS = transfer_unit_test tcp_transport_test session_test qmp_test convergence_test cli_test \
                endpoint_test stream_test stream_endpoints_test libvirt_test migration_test rdmig
 
-.PHONY: all deps configure build test test-sanitize fuzz demo demo-pages bench bench-rdma bench-migration bench-verify bench-convergence soak format clean
+.PHONY: all deps configure build qemu10 test test-sanitize fuzz demo demo-pages bench bench-rdma bench-migration bench-verify bench-convergence soak format clean
 
 all: build
 
@@ -27,6 +47,9 @@ configure: deps $(BUILD)/CMakeCache.txt
 
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
+
+qemu10: configure
+	scripts/fetch-qemu10 $(BUILD)/qemu-10
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure $(CTEST_ARGS)
@@ -59,14 +82,14 @@ bench: build
 bench-rdma: build
 	scripts/bench-rdma $(BUILD)
 
-bench-migration: build
-	scripts/bench-migration $(BUILD)/control/cli/rdmig $(BUILD)/guest $(BUILD)/bench/migration.json $(RUNS)
+bench-migration: build $(QEMU_FETCH)
+	$(QEMU_SIDES) scripts/bench-migration $(BUILD)/control/cli/rdmig $(BUILD)/guest $(BUILD)/bench/migration.json $(RUNS)
 
-bench-verify: build
-	scripts/bench-verify $(BUILD)/control/cli/rdmig $(BUILD)/guest $(BUILD)/bench/verify.json $(RUNS)
+bench-verify: build $(QEMU_FETCH)
+	$(QEMU_SIDES) scripts/bench-verify $(BUILD)/control/cli/rdmig $(BUILD)/guest $(BUILD)/bench/verify.json $(RUNS)
 
-bench-convergence: build
-	scripts/bench-convergence $(BUILD)/control/cli/rdmig $(BUILD)/guest $(BUILD)/bench/convergence.json $(CONV_RUNS)
+bench-convergence: build $(QEMU_FETCH)
+	$(QEMU_SIDES) scripts/bench-convergence $(BUILD)/control/cli/rdmig $(BUILD)/guest $(BUILD)/bench/convergence.json $(CONV_RUNS)
 
 # 50 back-to-back migrations into one rdmig agent: memory verified each time, no growth in the
 # agent's descriptors, mappings or RSS (SOAK_RUNS to change the count).

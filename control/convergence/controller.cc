@@ -33,7 +33,8 @@ double ThrottleController::RateAt(double p) const {
 }
 
 double ThrottleController::OnPass(const PassObservation& obs) {
-  const double dirty = static_cast<double>(obs.dirty_bytes);
+  const double dirty = static_cast<double>(obs.dirty_bytes);  // what the guest dirtied
+  const double work = dirty + static_cast<double>(obs.carried_bytes);  // the next pass's bytes
   if (obs.pass < 1 || obs.bandwidth <= 0 || obs.duration_s <= 0) return throttle_;
   // The link: the best it has carried (a pass that QEMU could not fill says little about it).
   bandwidth_ = std::max(bandwidth_, obs.bandwidth);
@@ -69,7 +70,7 @@ double ThrottleController::OnPass(const PassObservation& obs) {
   // QEMU switches over by its own bandwidth estimate; when that is the lower one, aim by it.
   const double target =
       SwitchoverBytes(obs.qemu_bandwidth > 0 ? std::min(obs.qemu_bandwidth, bw) : bw);
-  if (dirty <= target) {
+  if (work <= target) {
     needed_ = obs.throttle;  // QEMU switches over now: keep what got us here
     expected_dirty_ = 0;
     return throttle_;
@@ -78,7 +79,7 @@ double ThrottleController::OnPass(const PassObservation& obs) {
   constexpr double kAim = 0.8;
   // Dirty bytes after h passes at throttle p, each sending what the last left dirty.
   auto after = [&](double p, int h, double* seconds) {
-    double d = dirty;
+    double d = work;
     *seconds = 0;
     for (int i = 0; i < h; ++i) {
       const double t = d / bw;

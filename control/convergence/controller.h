@@ -34,7 +34,7 @@ struct ControllerConfig {
 struct PassObservation {
   int pass = 0;              // 1: the first, full pass just ended
   double duration_s = 0;     // how long the pass took
-  uint64_t dirty_bytes = 0;  // dirty bytes found at its end: the next pass's work
+  uint64_t dirty_bytes = 0;  // dirty bytes its closing sync found (dirtied during the pass)
   double bandwidth = 0;      // bytes/s the link carried during the pass (its best second)
   double throttle = 0;       // the throttle in force during the pass (0..1)
   // QEMU's own bandwidth estimate (query-migrate mbps), which its switchover threshold uses;
@@ -42,6 +42,10 @@ struct PassObservation {
   double qemu_bandwidth = 0;
   uint64_t sent_bytes = 0;  // bytes the pass put on the link
   uint64_t pages = 0;       // page writes the pass posted on lanes (payload and zero fills)
+  // Bytes the pass had not sent yet when its sync came: 0 when QEMU synced by itself (the round
+  // was sent), the unsent backlog when QEMU forced the sync (tracker.h). The next pass's work is
+  // dirty_bytes + carried_bytes.
+  uint64_t carried_bytes = 0;
 };
 
 class ThrottleController {

@@ -198,5 +198,92 @@ TEST(DirtyRateTracker, TurnsSyncsIntoPassObservations) {
   EXPECT_NEAR(obs->throttle, 0.45, 1e-9);  // 0 for the first sample interval, then 0.5
 }
 
+// QEMU 9.1+ with auto-converge forces a sync after 5 s without one, backlog or not: what it finds
+// is the unsent backlog plus what the guest dirtied, and only the latter is a dirty rate.
+// 20 MB/s on the link, a threshold of 5 MB; pass 2 has 150 MB to send.
+TEST(DirtyRateTracker, ASyncQemuForcedWithTheBacklogUnsentSeparatesBacklogFromDirtied) {
+  DirtyRateTracker t;
+  auto sample = [](double at, int64_t sync, double remaining, double sent) {
+    Sample s{at, sync, remaining, sent, 0};
+    s.switchover_bytes = 5e6;
+    return s;
+  };
+  EXPECT_FALSE(t.Add(sample(0.0, 1, 200e6, 0)));
+  for (int i = 1; i < 100; ++i) EXPECT_FALSE(t.Add(sample(i * 0.1, 1, 200e6 - i * 2e6, i * 2e6)));
+  auto obs = t.Add(sample(10.0, 2, 150e6, 200e6));  // QEMU's own sync: the round was sent
+  ASSERT_TRUE(obs);
+  EXPECT_EQ(obs->pass, 1);
+  EXPECT_EQ(obs->carried_bytes, 0u);
+  for (int i = 1; i < 60; ++i) {  // 6 s into pass 2, 32 MB of its 150 MB still unsent
+    EXPECT_FALSE(t.Add(sample(10.0 + i * 0.1, 2, 150e6 - i * 2e6, 200e6 + i * 2e6)));
+  }
+  obs = t.Add(sample(16.0, 3, 90e6, 320e6));  // forced: 31 MB backlog + 60 MB dirtied in 6 s
+  ASSERT_TRUE(obs);
+  EXPECT_EQ(t.forced_syncs(), 1);
+  EXPECT_EQ(obs->pass, 2);
+  EXPECT_NEAR(static_cast<double>(obs->carried_bytes), 31e6, 1e3);
+  EXPECT_NEAR(static_cast<double>(obs->dirty_bytes), 60e6, 1e3);
+  EXPECT_NEAR(t.dirty_rate(), 10e6, 1e3);
+}
+
+// Syncs that are not forced: the end of a first pass, however much was left before it (QEMU's
+// timer leaves the first pass alone), and a long pass that ends as QEMU's own syncs do (little
+// left before it).
+TEST(DirtyRateTracker, TheFirstPassAndALongPassEndingBelowTheThresholdAreNotForced) {
+  DirtyRateTracker t;
+  Sample s{0.0, 1, 200e6, 0, 0};
+  s.switchover_bytes = 10e6;
+  EXPECT_FALSE(t.Add(s));
+  auto step = [&](double at, double remaining, double sent) {
+    s.t = at;
+    s.remaining = remaining;
+    s.transferred = sent;
+    return t.Add(s);
+  };
+  for (int i = 1; i < 100; ++i) EXPECT_FALSE(step(i * 0.1, 200e6 - i * 1.5e6, i * 2e6));
+  s.sync_count = 2;  // 51.5 MB were left before it
+  auto obs = step(10.0, 150e6, 200e6);
+  ASSERT_TRUE(obs);
+  EXPECT_EQ(obs->pass, 1);
+  EXPECT_EQ(obs->carried_bytes, 0u);
+  for (int i = 1; i < 75; ++i) EXPECT_FALSE(step(10.0 + i * 0.1, 150e6 - i * 2e6, 200e6 + i * 2e6));
+  s.sync_count = 3;  // 8 s into pass 2, 2 MB left before it
+  obs = step(17.5, 40e6, 350e6);
+  ASSERT_TRUE(obs);
+  EXPECT_EQ(obs->pass, 2);
+  EXPECT_EQ(obs->carried_bytes, 0u);
+  EXPECT_EQ(t.forced_syncs(), 0);
+}
+
+// Fed a forced sync's observation, the controller aims at the whole next pass (backlog and
+// dirtied) but learns the guest's rate from the dirtied part alone.
+TEST(ThrottleController, AForcedSyncsBacklogIsWorkButNotDirtyRate) {
+  ControllerConfig cfg;
+  ThrottleController split(cfg), lumped(cfg);
+  auto pass = [](int n, double seconds, double dirty, double carried) {
+    PassObservation o;
+    o.pass = n;
+    o.duration_s = seconds;
+    o.dirty_bytes = static_cast<uint64_t>(dirty);
+    o.carried_bytes = static_cast<uint64_t>(carried);
+    o.bandwidth = 20 * MiB;
+    return o;
+  };
+  split.OnPass(pass(1, 10.0, 150 * MiB, 0));
+  lumped.OnPass(pass(1, 10.0, 150 * MiB, 0));
+  const PassObservation forced = pass(2, 6.0, 60 * MiB, 31 * MiB);
+  PassObservation as_dirty = forced;
+  as_dirty.dirty_bytes += as_dirty.carried_bytes;
+  as_dirty.carried_bytes = 0;
+  ThrottleController no_backlog(cfg);
+  no_backlog.OnPass(pass(1, 10.0, 150 * MiB, 0));
+  lumped.OnPass(as_dirty);
+  const double p_split = split.OnPass(forced);
+  const double p_no_backlog = no_backlog.OnPass(pass(2, 6.0, 60 * MiB, 0));
+  EXPECT_LT(split.capacity(), lumped.capacity()) << "the backlog counted as dirtied";
+  EXPECT_EQ(split.capacity(), no_backlog.capacity());
+  EXPECT_GT(p_split, p_no_backlog) << "the backlog left out of the next pass's work";
+}
+
 }  // namespace
 }  // namespace rdmig::convergence

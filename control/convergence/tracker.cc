@@ -36,16 +36,25 @@ std::optional<PassObservation> DirtyRateTracker::Add(const Sample& s) {
   }
 
   std::optional<PassObservation> obs;
-  // dirty-sync-count is 1 after the sync that starts the migration; each later sync ends a pass.
+  // dirty-sync-count is 1 after the sync that starts the migration; each later sync ends a pass,
+  // unless QEMU forced it.
   if (s.sync_count > sync_count_ && sync_count_ >= 1) {
     PassObservation o;
-    pass_ = static_cast<int>(s.sync_count - 1);
+    pass_ += 1;
     o.pass = pass_;
     o.duration_s = s.t - pass_start_t_;
     // The sync happened somewhere in (last_.t, s.t]; what was sent since it is gone from
     // `remaining` already: put back half the interval's bytes.
-    o.dirty_bytes =
-        static_cast<uint64_t>(s.remaining + std::max(0.0, s.transferred - last_.transferred) / 2);
+    const double sent_since = std::max(0.0, s.transferred - last_.transferred);
+    double found = s.remaining + sent_since / 2;
+    if (ForcedSync(s)) {
+      ++forced_syncs_;
+      // Of the backlog seen last, the half interval's bytes went out before the sync.
+      const double backlog = std::max(0.0, last_.remaining - sent_since / 2);
+      o.carried_bytes = static_cast<uint64_t>(std::min(backlog, found));
+      found -= static_cast<double>(o.carried_bytes);
+    }
+    o.dirty_bytes = static_cast<uint64_t>(found);
     o.bandwidth = std::max(
         peak_bandwidth_, o.duration_s > 0 ? (s.transferred - pass_start_bytes_) / o.duration_s : 0);
     o.throttle = o.duration_s > 0 ? throttle_seconds_in_pass_ / o.duration_s : s.throttle;
@@ -70,6 +79,18 @@ std::optional<PassObservation> DirtyRateTracker::Add(const Sample& s) {
   sync_count_ = std::max(sync_count_, s.sync_count);
   last_ = s;
   return obs;
+}
+
+// QEMU syncs by itself once `remaining` fell below its threshold, so the sample before such a sync
+// shows at most the threshold plus what went out since. A forced sync finds the backlog far above it
+// (four times the threshold: QEMU's own bandwidth figure, in its threshold, runs ahead of the one
+// query-migrate shows), only after a period without a sync, and never at the end of the first pass
+// (QEMU's timer leaves that one alone).
+bool DirtyRateTracker::ForcedSync(const Sample& s) const {
+  if (sync_count_ <= 1 || s.switchover_bytes <= 0) return false;
+  if (s.t - pass_start_t_ < 0.9 * kForcedSyncPeriod) return false;
+  const double sent_since = std::max(0.0, s.transferred - last_.transferred);
+  return last_.remaining > 4 * s.switchover_bytes + sent_since;
 }
 
 }  // namespace rdmig::convergence

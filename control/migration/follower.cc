@@ -103,6 +103,9 @@ convergence::Sample Follower::Measure(double t) {
   s.throttle = throttle_;
   s.qemu_bandwidth = progress_.bandwidth_Bps;
   s.pages = stats_ ? stats_->pages.load() : 0;
+  if (controller_) {  // QEMU's downtime-limit is the controller's
+    s.switchover_bytes = progress_.bandwidth_Bps * controller_->DowntimeLimitSeconds();
+  }
   if (have_last_t_) throttle_seconds_ += last_throttle_ * (t - last_t_);
   have_last_t_ = true;
   last_t_ = t;
@@ -119,6 +122,7 @@ void Follower::Steer(const convergence::PassObservation& obs) {
                      {"sent_bytes", obs.sent_bytes},
                      {"pages", obs.pages},
                      {"dirty_bytes_after", obs.dirty_bytes},
+                     {"carried_bytes", obs.carried_bytes},
                      {"bandwidth_Bps", obs.bandwidth},
                      {"throttle_pct", obs.throttle * 100}});
   if (!controller_ || !actuator_ || stop_ || status_ != "active") return;

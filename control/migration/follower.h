@@ -54,6 +54,8 @@ class Follower {
   double throttle_seconds() const { return throttle_seconds_; }
   double predicted_blackout_ms() const { return predicted_at_stop_ms_; }
   double link_bandwidth() const { return tracker_.peak_bandwidth(); }
+  // QEMU's syncs that came in the middle of a pass (QEMU 9.1+ with auto-converge).
+  int forced_syncs() const { return tracker_.forced_syncs(); }
   // Bytes on the link at time t (seconds since the migrate command), from the samples.
   double TransferredAt(double t) const;
   // One line: status, pass, remaining, bandwidth, dirty rate, throttle, predicted blackout.

@@ -119,6 +119,7 @@ json CompletedReport(const Follower& follow, double t_migrate, const Ending& e,
   report["bytes"] = static_cast<int64_t>(e.progress.transferred_bytes);
   report["pages"] = e.progress.normal_pages + e.progress.zero_pages;
   report["passes"] = e.progress.passes;
+  report["qemu_forced_syncs"] = follow.forced_syncs();
   AddTimes(t_migrate, e, &report);
   for (const auto& [k, v] : e.extra.items()) report[k] = v;
   return report;
@@ -137,11 +138,15 @@ void PrintCompleted(std::FILE* out, const json& report, const Ending& e, const F
   std::fprintf(out, "  throttle    peak %.0f%%, %.2f throttle-seconds (%s)\n",
                follow.peak_throttle() * 100, follow.throttle_seconds(),
                report["throttle_actuator"].get<std::string>().c_str());
-  std::fprintf(out, "  QEMU downtime %lld ms, %s sent in %lld pages over %lld passes\n",
+  std::fprintf(out, "  QEMU downtime %lld ms, %s sent in %lld pages over %lld passes",
                static_cast<long long>(report["qemu_downtime_ms"].get<int64_t>()),
                FormatBytes(report["bytes"].get<double>()).c_str(),
                static_cast<long long>(report["pages"].get<int64_t>()),
                static_cast<long long>(report["passes"].get<int64_t>()));
+  if (follow.forced_syncs() > 0) {
+    std::fprintf(out, " (QEMU syncs; %d forced in the middle of a pass)", follow.forced_syncs());
+  }
+  std::fputc('\n', out);
   if (e.stream && !e.stream->transport_note.empty()) {
     std::fprintf(out, "  transport: %s\n", e.stream->transport_note.c_str());
   }

@@ -5,7 +5,8 @@ Cases: an idle guest and a guest dirtying 20 MiB/s over 64 MiB, each in direct a
 Oracle: once the migration completed, the source (paused) and destination RAM files are identical
 page by page, the destination guest's own check passes and its heartbeat continues; the report
 names no pass-through, and in direct mode at least every page of guest RAM went on the lanes.
-`Qemus` picks the QEMU binary per side and the machine type (tests/e2e/qemu10_test.py's matrix).
+`rdmig_testlib.Qemus` picks the QEMU binary per side and the machine type (for
+tests/e2e/qemu10_test.py's matrix).
 With XBZRLE on, the stream carries records rdmig does not parse: the rest of it goes verbatim
 (pass-through), memory still matches, and the report says so.
 Negative: `rdmig receive` killed mid-migration leaves the source guest running (and its memory
@@ -32,14 +33,7 @@ def run_migrate(rdmig, src, dst, recv, work, extra=()):
                           capture_output=True, text=True, timeout=300)
 
 
-class Qemus:
-    """The QEMU binary on each side and the machine type both use."""
-
-    def __init__(self, source="qemu-system-x86_64", destination="qemu-system-x86_64", machine="q35"):
-        self.source, self.destination, self.machine = source, destination, machine
-
-
-def migrate_case(rdmig, guest_dir, rate, mode, xbzrle=False, qemus=Qemus()):
+def migrate_case(rdmig, guest_dir, rate, mode, xbzrle=False, qemus=t.Qemus()):
     work = tempfile.mkdtemp(prefix="rdmig-e2e-")
     recv = None
     try:

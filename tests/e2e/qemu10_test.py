@@ -105,8 +105,8 @@ def downgrade_case(rdmig, guest_dir, qemus, name):
 
 def main(rdmig, guest_dir, qemu10, *names):
     pairs = {
-        "10.0-10.0": migrate_test.Qemus(qemu10, qemu10, "q35"),
-        "7.2-10.0": migrate_test.Qemus(QEMU72, qemu10, "pc-q35-7.2"),
+        "10.0-10.0": t.Qemus(qemu10, qemu10, "q35"),
+        "7.2-10.0": t.Qemus(QEMU72, qemu10, "pc-q35-7.2"),
     }
     cases = {}
     for pair, qemus in pairs.items():
@@ -118,7 +118,7 @@ def main(rdmig, guest_dir, qemu10, *names):
     upgrade = pairs["7.2-10.0"]
     cases["7.2-10.0/upgrade-running"] = lambda: running_case(rdmig, guest_dir, upgrade,
                                                               "7.2-10.0/upgrade-running")
-    downgrade = migrate_test.Qemus(qemu10, QEMU72, "pc-q35-7.2")
+    downgrade = t.Qemus(qemu10, QEMU72, "pc-q35-7.2")
     cases["10.0-7.2/dirty20-direct"] = lambda: downgrade_case(rdmig, guest_dir, downgrade,
                                                               "10.0-7.2/dirty20-direct")
     return t.run_cases(cases, names)

@@ -146,6 +146,30 @@ class Console:
         return self.everything[-2000:].decode(errors="replace")
 
 
+class Qemus:
+    """The QEMU binary on each side and the machine type both use. from_env() reads
+    RDMIG_SRC_QEMU, RDMIG_DST_QEMU and RDMIG_MACHINE (the Makefile's QEMU=10.0, SRC_QEMU, DST_QEMU
+    and MACHINE), defaulting to the system's QEMU and q35."""
+
+    def __init__(self, source="qemu-system-x86_64", destination="qemu-system-x86_64", machine="q35"):
+        self.source, self.destination, self.machine = source, destination, machine
+
+    @staticmethod
+    def from_env():
+        default = Qemus()
+        return Qemus(os.environ.get("RDMIG_SRC_QEMU") or default.source,
+                     os.environ.get("RDMIG_DST_QEMU") or default.destination,
+                     os.environ.get("RDMIG_MACHINE") or default.machine)
+
+    def describe(self):
+        """What a benchmark records: each side's QEMU version line and the machine type."""
+        def version(binary):
+            out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+            return out.stdout.splitlines()[0] if out.returncode == 0 and out.stdout else binary
+        return {"source": version(self.source), "destination": version(self.destination),
+                "machine": self.machine}
+
+
 class Guest:
     """One QEMU process running the built-in guest (or waiting for an incoming migration)."""
 
@@ -350,7 +374,7 @@ def free_port():
 
 
 def migrate_guest(rdmig, guest_dir, kind, wss_mib, rate_mib, extra=(), compare=False,
-                  timeout=600):
+                  timeout=600, qemus=None):
     """One live migration of the built-in guest, driven and measured by `rdmig migrate`.
 
     kind: "rdmig" (rdmig receive in direct mode, TCP lanes) or "native" (QEMU's own tcp:).
@@ -358,14 +382,17 @@ def migrate_guest(rdmig, guest_dir, kind, wss_mib, rate_mib, extra=(), compare=F
     compare: start the destination paused, compare its RAM with the source's page by page, then
     let it run and check its own verification. Without it the destination runs at once, so the
     report's blackout is RESUME - STOP.
+    qemus: the QEMU per side and machine type (Qemus.from_env() when None).
     Returns (report dict, timeline dict or None, pages differing or None, verdict or None);
     raises if the migration fails."""
+    qemus = qemus or Qemus.from_env()
     work = tempfile.mkdtemp(prefix="rdmig-mig-")
     recv = None
     try:
-        with Guest(guest_dir, "src", wss_mib=wss_mib, rate_mib=rate_mib, workdir=work) as src, \
+        with Guest(guest_dir, "src", wss_mib=wss_mib, rate_mib=rate_mib, workdir=work,
+                   qemu=qemus.source, machine=qemus.machine) as src, \
              Guest(guest_dir, "dst", incoming="defer", paused=compare and kind == "native",
-                   workdir=work) as dst:
+                   workdir=work, qemu=qemus.destination, machine=qemus.machine) as dst:
             src.wait_ready()
             src.console.expect("HB t=", 10)
             args = [rdmig, "migrate", "--source-qmp", src.qmp2_path, "--dest-qmp", dst.qmp2_path,
