@@ -13,6 +13,7 @@ FUZZ_SECONDS ?= 60
 # QEMU=10.0 (bookworm-backports, unpacked into $(BUILD)/qemu-10 by scripts/fetch-qemu10), or
 # SRC_QEMU / DST_QEMU binaries of your own; MACHINE the machine type both sides use
 # (e.g. make bench-migration QEMU=10.0; SRC_QEMU=qemu-system-x86_64 QEMU=10.0 MACHINE=pc-q35-7.2).
+# With QEMU=10.0 the results go to build/bench/NAME-qemu10.json; each records both sides' QEMU.
 QEMU       ?= 7.2
 MACHINE    ?= q35
 QEMU10      = $(abspath $(BUILD))/qemu-10/qemu10
@@ -20,6 +21,7 @@ ifeq ($(QEMU),10.0)
 SRC_QEMU   ?= $(QEMU10)
 DST_QEMU   ?= $(QEMU10)
 QEMU_FETCH  = qemu10
+BENCH_TAG   = -qemu10
 else ifneq ($(QEMU),7.2)
 $(error QEMU=$(QEMU): say 7.2 or 10.0, or name the binaries with SRC_QEMU and DST_QEMU)
 endif
@@ -83,13 +85,13 @@ bench-rdma: build
 	scripts/bench-rdma $(BUILD)
 
 bench-migration: build $(QEMU_FETCH)
-	$(QEMU_SIDES) scripts/bench-migration $(BUILD)/control/cli/rdmig $(BUILD)/guest $(BUILD)/bench/migration.json $(RUNS)
+	$(QEMU_SIDES) scripts/bench-migration $(BUILD)/control/cli/rdmig $(BUILD)/guest $(BUILD)/bench/migration$(BENCH_TAG).json $(RUNS)
 
 bench-verify: build $(QEMU_FETCH)
-	$(QEMU_SIDES) scripts/bench-verify $(BUILD)/control/cli/rdmig $(BUILD)/guest $(BUILD)/bench/verify.json $(RUNS)
+	$(QEMU_SIDES) scripts/bench-verify $(BUILD)/control/cli/rdmig $(BUILD)/guest $(BUILD)/bench/verify$(BENCH_TAG).json $(RUNS)
 
 bench-convergence: build $(QEMU_FETCH)
-	$(QEMU_SIDES) scripts/bench-convergence $(BUILD)/control/cli/rdmig $(BUILD)/guest $(BUILD)/bench/convergence.json $(CONV_RUNS)
+	$(QEMU_SIDES) scripts/bench-convergence $(BUILD)/control/cli/rdmig $(BUILD)/guest $(BUILD)/bench/convergence$(BENCH_TAG).json $(CONV_RUNS)
 
 # 50 back-to-back migrations into one rdmig agent: memory verified each time, no growth in the
 # agent's descriptors, mappings or RSS (SOAK_RUNS to change the count).

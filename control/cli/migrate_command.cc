@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <fstream>
 #include <memory>
 #include <optional>
 #include <string>
@@ -225,13 +224,6 @@ Result<migration::MigrationOptions> ToOptions(const MigrateArgs& a) {
   return o;
 }
 
-void WriteReport(const std::string& path, const nlohmann::json& report) {
-  if (path.empty()) return;
-  std::ofstream out(path);
-  out << report.dump(2) << "\n";
-  if (!out) spdlog::error("cannot write the report to {}", path);
-}
-
 int ExitStatus(const migration::MigrationOutcome& out) {
   if (out.completed) return 0;
   switch (out.guest_runs) {
@@ -268,14 +260,14 @@ int RunMigrate(const MigrateArgs& a) {
                        : Result<std::vector<session::TransportKind>>(options->transports);
   if (!transports.ok()) {
     spdlog::error("--transport: {}", transports.status().ToString());
-    WriteReport(a.json, migration::FailedReport("--transport", transports.status(),
+    migration::WriteReportFile(a.json, migration::FailedReport("--transport", transports.status(),
                                                 GuestRuns::kSource));
     return 1;
   }
   options->transports = *transports;
   AttachOperator(&*options);
   const migration::MigrationOutcome out = migration::Migrate(*options);
-  WriteReport(a.json, out.report);
+  migration::WriteReportFile(a.json, out.report);
   return ExitStatus(out);
 }
 

@@ -5,7 +5,6 @@
 
 #include <csignal>
 #include <cstdio>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <optional>
@@ -17,6 +16,7 @@
 #include "control/qmp/qmp_client.h"
 #include "control/units/size.h"
 #include "control/cli/transport_choice.h"
+#include "control/migration/report.h"
 #include "control/session/auth.h"
 #include "qemu-plugin/destination_endpoint.h"
 #include "qemu-plugin/source_endpoint.h"
@@ -48,13 +48,6 @@ Result<QemuEndpoint> ParseQemuEndpoint(const std::string& text) {
   }
   return Error(Code::kInvalidArgument,
                "bad QEMU endpoint '" + text + "': want unix:PATH, tcp:HOST:PORT or -");
-}
-
-void WriteJson(const std::string& path, const nlohmann::json& j) {
-  if (path.empty()) return;
-  std::ofstream out(path);
-  out << j.dump(2) << "\n";
-  if (!out) spdlog::error("cannot write {}", path);
 }
 
 // SIGINT/SIGTERM while `rdmig send` runs: what it waits on is cut (CutOnStop): the listener while
@@ -184,11 +177,11 @@ int RunSend(const SendArgs& a) {
               " (QEMU's stream cut: the source migration fails, the guest keeps running): " + error;
     }
     spdlog::error("migration stream failed: {}", error);
-    WriteJson(a.json, {{"outcome", "failed"}, {"error", error}});
+    migration::WriteReportFile(a.json, {{"outcome", "failed"}, {"error", error}});
     return 1;
   }
   PrintSendReport(*r);
-  WriteJson(a.json, SendReportJson(*r));
+  migration::WriteReportFile(a.json, SendReportJson(*r));
   return 0;
 }
 
@@ -346,11 +339,11 @@ int RunReceive(const ReceiveArgs& a) {
     spdlog::error("migration failed, destination QEMU's stream cut short: {}",
                   r.status().ToString());
     guard.QuitOnFailure();
-    WriteJson(a.json, {{"outcome", "failed"}, {"error", r.status().ToString()}});
+    migration::WriteReportFile(a.json, {{"outcome", "failed"}, {"error", r.status().ToString()}});
     return 1;
   }
   PrintReceiveReport(*r, guard.holding());
-  WriteJson(a.json, ReceiveReportJson(*r));
+  migration::WriteReportFile(a.json, ReceiveReportJson(*r));
   return 0;
 }
 

@@ -147,9 +147,6 @@ class LibvirtSides final : public Sides {
   // Where the domain runs, asked of both libvirts.
   GuestRuns Fail(const Failure& f, json* report) override {
     auto runs = [](const Result<std::string>& st) { return st.ok() && *st == "running"; };
-    auto state = [](const Result<std::string>& st) {
-      return st.ok() ? *st : st.status().message();
-    };
     const Result<std::string> here = dom_.State();
     const Result<std::string> there = DestinationState();
     const bool on_source = runs(here), on_dest = runs(there);
@@ -159,8 +156,8 @@ class LibvirtSides final : public Sides {
                                                  : GuestRuns::kNowhere;
     spdlog::error("{}: {}; {}", f.what, f.why.ToString(), Whereabouts(where, here, there));
     (*report)["domain_runs_on"] = RunsOn(where);
-    (*report)["source_state"] = state(here);
-    (*report)["destination_state"] = state(there);
+    (*report)["source_state"] = StateName(here);
+    (*report)["destination_state"] = StateName(there);
     return where;
   }
 
@@ -209,21 +206,22 @@ class LibvirtSides final : public Sides {
     return "";
   }
 
+  // A domain's state, or why it could not be read.
+  static std::string StateName(const Result<std::string>& st) {
+    return st.ok() ? *st : st.status().message();
+  }
+
   std::string Whereabouts(GuestRuns where, const Result<std::string>& here,
                           const Result<std::string>& there) const {
-    auto state = [](const Result<std::string>& st) {
-      return st.ok() ? *st : st.status().message();
-    };
     switch (where) {
-      case GuestRuns::kBoth:
-        return "the domain RUNS TWICE: on " + SourceUri() + " and on " + o_.dest_uri;
-      case GuestRuns::kSource: return "the domain runs on " + SourceUri() + " (the source)";
+      case GuestRuns::kBoth: return "the domain RUNS TWICE: on " + RunsOn(where);
+      case GuestRuns::kSource: return "the domain runs on " + RunsOn(where) + " (the source)";
       case GuestRuns::kDestination:
-        return "the domain runs on " + o_.dest_uri + " (the destination: libvirt completed it)";
+        return "the domain runs on " + RunsOn(where) + " (the destination: libvirt completed it)";
       case GuestRuns::kNowhere: break;
     }
-    return "the domain runs NOWHERE: " + state(here) + " on " + SourceUri() + ", " +
-           state(there) + " on " + o_.dest_uri + "; resume it by hand (virsh resume)";
+    return "the domain runs NOWHERE: " + StateName(here) + " on " + SourceUri() + ", " +
+           StateName(there) + " on " + o_.dest_uri + "; resume it by hand (virsh resume)";
   }
 
   const MigrationOptions& o_;

@@ -163,7 +163,7 @@ class Orchestrator {
   std::string FollowToEnd(Follower& follow) {
     const auto deadline = Clock::now() + o_.timeout;
     std::string status = "active";
-    while (status != "completed" && status != "failed" && status != "cancelled") {
+    while (!Progress::Ended(status)) {
       if (cancelled_.ok()) CancelIfAsked(status, deadline);
       status = follow.Step();
       sides_.OnStep(status);

@@ -29,7 +29,11 @@ struct Progress {
   int64_t zero_pages = 0;          // pages sent as zero (QEMU's "duplicate")
   double throttle_pct = 0;         // QEMU's own vCPU throttle (auto-converge, cpu-throttle)
   std::optional<int64_t> downtime_ms;  // the source's blackout figure, once completed
-  bool ended() const { return status == "completed" || status == "failed" || status == "cancelled"; }
+  bool ended() const { return Ended(status); }
+  // A migration status after which nothing changes: completed, failed, cancelled.
+  static bool Ended(const std::string& status) {
+    return status == "completed" || status == "failed" || status == "cancelled";
+  }
 };
 
 // QEMU's query-migrate answer as a Progress.

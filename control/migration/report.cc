@@ -178,4 +178,11 @@ TimelineWriter::~TimelineWriter() {
   if (!out) spdlog::error("cannot write the timeline to {}", path);
 }
 
+void WriteReportFile(const std::string& path, const json& report) {
+  if (path.empty()) return;
+  std::ofstream out(path);
+  out << report.dump(2) << "\n";
+  if (!out) spdlog::error("cannot write the report to {}", path);
+}
+
 }  // namespace rdmig::migration

@@ -52,6 +52,10 @@ const char* GuestRunsName(GuestRuns where);  // "source", "destination", "none",
 // A failed migration's report: {"outcome": "failed", "error": "WHAT: WHY", "guest_runs", ...}.
 nlohmann::json FailedReport(const std::string& what, const Status& why, GuestRuns where);
 
+// Writes a JSON report to `path` (nothing when it is empty); a file that cannot be written is
+// logged, not failed: the migration's outcome does not depend on it.
+void WriteReportFile(const std::string& path, const nlohmann::json& report);
+
 // Writes the follower's timeline to `path` (if one was asked for) when it goes out of scope, so
 // that it is written however the migration ends.
 struct TimelineWriter {

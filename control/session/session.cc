@@ -122,7 +122,7 @@ Result<std::unique_ptr<SourceSession>> SourceSession::Connect(const HostPort& co
   } else if (acc.transport() != pb::TRANSPORT_TCP) {
     return Error(Code::kUnavailable, "destination chose a transport this source cannot run");
   }
-  RDMIG_RETURN_IF_ERROR(s->ConnectTcpLanes(*chosen, control, options));
+  RDMIG_RETURN_IF_ERROR(s->StartTcpLanes(*chosen, control, options));
   return s;
 }
 
@@ -197,13 +197,13 @@ Result<bool> SourceSession::ConnectRdma(const pb::Accept& acc, const HostPort& c
   return false;
 }
 
-Status SourceSession::ConnectTcpLanes(const pb::Accept& chosen, const HostPort& control,
-                                      const SourceOptions& options) {
+Status SourceSession::StartTcpLanes(const pb::Accept& chosen, const HostPort& control,
+                                    const SourceOptions& options) {
   kind_ = TransportKind::kTcp;
   HostPort data{chosen.tcp().host().empty() ? control.host : chosen.tcp().host(),
                 static_cast<uint16_t>(chosen.tcp().port())};
   RDMIG_ASSIGN_OR_RETURN(std::vector<Fd> lanes,
-                         ::rdmig::ConnectTcpLanes(data, session_id_, options.lanes, options.timeout));
+                         ConnectTcpLanes(data, session_id_, options.lanes, options.timeout));
   // A destination that stops reading (stalled, stopped) fails the migration after the timeout
   // instead of holding the source forever.
   for (const Fd& lane : lanes) RDMIG_RETURN_IF_ERROR(SetSendTimeout(lane.get(), options.timeout));

@@ -68,7 +68,7 @@ class SourceSession final : public link::SourceLink {
   // Connects to the destination's control port and runs the handshake.
   static Result<std::unique_ptr<SourceSession>> Connect(const HostPort& control,
                                                         std::vector<RegionSpec> regions,
-                                                        const SourceOptions& options);
+                                                      const SourceOptions& options);
 
   Transport& transport() override { return *transport_; }
   ControlChannel& control() { return control_; }
@@ -98,8 +98,8 @@ class SourceSession final : public link::SourceLink {
                    pb::DestinationMessage* reply);
   Result<bool> ConnectRdma(const pb::Accept& acc, const HostPort& control,
                            const SourceOptions& options, pb::DestinationMessage* fallback);
-  Status ConnectTcpLanes(const pb::Accept& chosen, const HostPort& control,
-                         const SourceOptions& options);
+  Status StartTcpLanes(const pb::Accept& chosen, const HostPort& control,
+                       const SourceOptions& options);
   // Receives the next message that is not return-path bytes (those go to on_return_path).
   Status ReceiveReply(pb::DestinationMessage* reply, std::chrono::milliseconds timeout);
   ControlChannel control_;

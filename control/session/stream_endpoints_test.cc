@@ -163,12 +163,18 @@ std::map<std::string, MappedMemory> StaleRamFile() {
   return RamFile(std::vector<std::byte>(kRam, kStale));
 }
 
+// The destination in direct mode, landing in `files`.
+DestinationStreamOptions Direct(std::map<std::string, MappedMemory>* files) {
+  DestinationStreamOptions d;
+  d.mode = DestinationStreamOptions::Mode::kDirect;
+  d.ram_files = files;
+  return d;
+}
+
 TEST(StreamEndpoints, DirectModeLandsPagesAndZerosOnLanesAndKeepsThemOutOfTheStream) {
   std::map<std::string, MappedMemory> files = StaleRamFile();
   ASSERT_EQ(files.size(), 1u);
-  DestinationStreamOptions d;
-  d.mode = DestinationStreamOptions::Mode::kDirect;
-  d.ram_files = &files;
+  DestinationStreamOptions d = Direct(&files);
   Outcome o = Migrate(ThreePassStream(), d);
 
   // Rule 3: zero records of a landed block are the engine's job: they travel on the lanes.
@@ -221,22 +227,13 @@ TEST(StreamEndpoints, UnknownRecordsGoVerbatimAndTheReportsSaySo) {
 // stream goes verbatim at a CONTINUE record: rdmig names the block first (a PAGE record of page 0
 // with its landed payload), and QEMU then reads the verbatim record against the right block.
 TEST(StreamEndpoints, DirectModeNamesTheBlockBeforeAVerbatimContinueRecord) {
-  char path[] = "/tmp/rdmig-ram-XXXXXX";
-  int fd = ::mkstemp(path);
-  ASSERT_GE(fd, 0);
-  ASSERT_EQ(::ftruncate(fd, kRam), 0);
-  ::close(fd);
-  std::map<std::string, MappedMemory> files;
-  files.emplace("mem0", std::move(MappedMemory::SharedFile(path)).value());
-  ::unlink(path);
+  auto files = RamFile(std::vector<std::byte>(kRam, std::byte{0}));
   StreamBuilder b;
   b.Header().Configuration().RamStart(2, {{"mem0", kRam}}).EosFooter(2);
   b.Part(2).Page("mem0", 0, 0x11).Page("", 4096, 0x22);
   b.Be64(8192 | stream::kRamXbzrle | stream::kRamContinue).U8(1).Be32(3).U8(1).U8(2).U8(3);
   b.EosFooter(2).End(2).EosFooter(2).DeviceStateAndEof();
-  DestinationStreamOptions d;
-  d.mode = DestinationStreamOptions::Mode::kDirect;
-  d.ram_files = &files;
+  DestinationStreamOptions d = Direct(&files);
   Outcome o = Migrate(b.bytes, d);
   ASSERT_NE(o.source.passthrough.find("XBZRLE"), std::string::npos);
   stream::StreamParser p;
@@ -267,9 +264,7 @@ TEST(StreamEndpoints, DirectModeNamesTheBlockInASectionOfItsOwnWhenVerbatimBegin
   b.Part(2).Page("mem0", 0, 0x11).Page("", 4096, 0x22).EosFooter(2);
   b.U8(stream::kCommand).U8(0).U8(99).U8(0).U8(0);  // a command rdmig does not know
   b.End(2).Page("", 8192, 0x33).EosFooter(2).DeviceStateAndEof();
-  DestinationStreamOptions d;
-  d.mode = DestinationStreamOptions::Mode::kDirect;
-  d.ram_files = &files;
+  DestinationStreamOptions d = Direct(&files);
   Outcome o = Migrate(b.bytes, d);
   ASSERT_NE(o.source.passthrough.find("migration command 99"), std::string::npos)
       << o.source.passthrough;
@@ -364,9 +359,7 @@ TEST(StreamEndpoints, ADestinationQemuThatStopsReadingEarlyFailsTheMigration) {
 TEST(StreamEndpoints, NoChunkReachesQemuBeforeTheLanePagesBeforeItLanded) {
   std::map<std::string, MappedMemory> files = StaleRamFile();
   ASSERT_EQ(files.size(), 1u);
-  DestinationStreamOptions d;
-  d.mode = DestinationStreamOptions::Mode::kDirect;
-  d.ram_files = &files;
+  DestinationStreamOptions d = Direct(&files);
   const auto expected = ExpectedRam();
   int checked = 0, early = 0;
   FakeQemu qemu;
@@ -408,9 +401,7 @@ TEST(StreamEndpoints, VerifyComparesEveryLandedPageWithTheSourceGuestsRam) {
   std::map<std::string, MappedMemory> files = StaleRamFile();
   std::map<std::string, MappedMemory> source_ram = RamFile(ExpectedRam());
   ASSERT_EQ(source_ram.size(), 1u);
-  DestinationStreamOptions d;
-  d.mode = DestinationStreamOptions::Mode::kDirect;
-  d.ram_files = &files;
+  DestinationStreamOptions d = Direct(&files);
   SourceStreamOptions s;
   s.verify_files = &source_ram;
   FakeQemu qemu;
