@@ -11,11 +11,14 @@ tests/e2e/migrate_test.py itself.
 Case 7.2-10.0/upgrade-running: the host upgrade as an operator runs it, destination started without
 -S, guest dirtying: completed, blackout within the 500 ms budget, no pass-through, the guest runs
 on 10.0 (self-check, heartbeat) and the source stays stopped.
+Case 10.0/default-settings-dirty20-direct: a stream QEMU 10.0 wrote at its default settings (no
+return path) replayed through `rdmig send`/`receive` in direct mode: no pass-through, RAM equal.
 Case 10.0-7.2/dirty20-direct: the downgrade, which QEMU may refuse. Either it completes with the
 migrate_test oracle, or rdmig fails with exit 1 naming the destination QEMU's reason, the source
 guest runs with its memory intact and the destination QEMU is gone without having run.
 
     qemu10_test.py RDMIG GUEST_DIR QEMU10 [CASE ...]"""
+import contextlib
 import json
 import os
 import subprocess
@@ -27,9 +30,23 @@ sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 sys.path.insert(0, HERE)
 import rdmig_testlib as t  # noqa: E402
 import migrate_test  # noqa: E402
+import replay_test  # noqa: E402
 
 QEMU72 = "qemu-system-x86_64"
 BUDGET_MS = 500
+
+
+@contextlib.contextmanager
+def dirtying_source_and_destination(guest_dir, qemus, work):
+    """The built-in guest dirtying 20 MiB/s over 64 MiB on qemus.source, heartbeating, and a
+    destination QEMU waiting for it (-incoming defer, no -S) on qemus.destination."""
+    with t.Guest(guest_dir, "src", wss_mib=64, rate_mib=20, workdir=work, qemu=qemus.source,
+                 machine=qemus.machine) as src, \
+         t.Guest(guest_dir, "dst", incoming="defer", workdir=work, qemu=qemus.destination,
+                 machine=qemus.machine) as dst:
+        src.wait_ready()
+        src.console.expect("HB t=", 10)
+        yield src, dst
 
 
 def running_case(rdmig, guest_dir, qemus, name):
@@ -38,12 +55,7 @@ def running_case(rdmig, guest_dir, qemus, name):
     work = tempfile.mkdtemp(prefix="rdmig-q10-")
     recv = None
     try:
-        with t.Guest(guest_dir, "src", wss_mib=64, rate_mib=20, workdir=work, qemu=qemus.source,
-                     machine=qemus.machine) as src, \
-             t.Guest(guest_dir, "dst", incoming="defer", workdir=work, qemu=qemus.destination,
-                     machine=qemus.machine) as dst:
-            src.wait_ready()
-            src.console.expect("HB t=", 10)
+        with dirtying_source_and_destination(guest_dir, qemus, work) as (src, dst):
             recv = t.start_receive(rdmig, work, f"unix:{work}/in.sock", "direct", dst.ram_path)
             m = subprocess.run(
                 [rdmig, "migrate", "--source-qmp", src.qmp2_path, "--dest-qmp", dst.qmp2_path,
@@ -75,12 +87,7 @@ def downgrade_case(rdmig, guest_dir, qemus, name):
     work = tempfile.mkdtemp(prefix="rdmig-q10-down-")
     recv = None
     try:
-        with t.Guest(guest_dir, "src", wss_mib=64, rate_mib=20, workdir=work, qemu=qemus.source,
-                     machine=qemus.machine) as src, \
-             t.Guest(guest_dir, "dst", incoming="defer", workdir=work, qemu=qemus.destination,
-                     machine=qemus.machine) as dst:
-            src.wait_ready()
-            src.console.expect("HB t=", 10)
+        with dirtying_source_and_destination(guest_dir, qemus, work) as (src, dst):
             recv = t.start_receive(rdmig, work, f"unix:{work}/in.sock", "direct", dst.ram_path)
             m = migrate_test.run_migrate(rdmig, src, dst, recv, work)
             report = json.load(open(f"{work}/migrate.json"))
@@ -103,6 +110,21 @@ def downgrade_case(rdmig, guest_dir, qemus, name):
         subprocess.run(["rm", "-rf", work])
 
 
+def default_settings_case(rdmig, guest_dir, qemu10, rate, mode):
+    """A stream QEMU 10.0 writes at its default settings (no return path, `migrate exec:cat`),
+    replayed through `rdmig send` -> lanes -> `rdmig receive` into a QEMU 10.0 destination: every
+    record parsed, the destination's RAM equal to the source's final RAM page by page."""
+    work = tempfile.mkdtemp(prefix="rdmig-q10-capture-")
+    try:
+        stream = f"{work}/q10.stream"
+        env = dict(os.environ, RDMIG_SRC_QEMU=qemu10)
+        subprocess.run([os.path.join(HERE, "..", "..", "scripts", "capture-stream"), guest_dir,
+                        stream, "--rate", str(rate)], check=True, env=env, timeout=300)
+        return replay_test.replay(rdmig, guest_dir, stream, mode, qemus=t.Qemus(qemu10, qemu10))
+    finally:
+        subprocess.run(["rm", "-rf", work])
+
+
 def main(rdmig, guest_dir, qemu10, *names):
     pairs = {
         "10.0-10.0": t.Qemus(qemu10, qemu10, "q35"),
@@ -118,6 +140,8 @@ def main(rdmig, guest_dir, qemu10, *names):
     upgrade = pairs["7.2-10.0"]
     cases["7.2-10.0/upgrade-running"] = lambda: running_case(rdmig, guest_dir, upgrade,
                                                               "7.2-10.0/upgrade-running")
+    cases["10.0/default-settings-dirty20-direct"] = lambda: default_settings_case(
+        rdmig, guest_dir, qemu10, 20, "direct")
     downgrade = t.Qemus(qemu10, QEMU72, "pc-q35-7.2")
     cases["10.0-7.2/dirty20-direct"] = lambda: downgrade_case(rdmig, guest_dir, downgrade,
                                                               "10.0-7.2/dirty20-direct")

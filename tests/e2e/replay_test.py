@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Replays captured QEMU 7.2 streams through rdmig send -> TCP lanes -> rdmig receive into a real
 destination QEMU, in direct and staged mode, and checks the destination's RAM page by page against
-the source guest's final RAM (captured with the stream).
+the source guest's final RAM (captured with the stream) and that `rdmig send` parsed every record
+(no pass-through). replay() takes the destination's QEMU (tests/e2e/qemu10_test.py replays 10.0's).
 
     replay_test.py RDMIG GUEST_DIR FIXTURES_DIR"""
+import json
 import os
 import subprocess
 import sys
@@ -14,11 +16,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import rdmig_testlib as t  # noqa: E402
 
 
-def replay(rdmig, guest_dir, fixture, mode, qemu_uri=None):
+def replay(rdmig, guest_dir, fixture, mode, qemu_uri=None, qemus=None):
+    qemus = qemus or t.Qemus()
     work = tempfile.mkdtemp(prefix="rdmig-replay-")
     procs = []
     try:
-        with t.Guest(guest_dir, "dst", incoming="defer", paused=True, workdir=work) as dst:
+        with t.Guest(guest_dir, "dst", incoming="defer", paused=True, workdir=work,
+                     qemu=qemus.destination, machine=qemus.machine) as dst:
             t.enable_migration_events(dst.qmp)
             uri = qemu_uri or f"unix:{work}/in.sock"
             dst.qmp.execute("migrate-incoming", uri=uri)
@@ -39,8 +43,10 @@ def replay(rdmig, guest_dir, fixture, mode, qemu_uri=None):
                 print(f"destination migration {status}")
                 return False
             differ = t.compare_ram(fixture + ".ram", dst.ram_path)
-            print(f"{os.path.basename(fixture)} {mode}: {differ} pages differ from the source's RAM")
-            return differ == 0
+            passthrough = json.load(open(f"{work}/send.json"))["passthrough"]
+            print(f"{os.path.basename(fixture)} {mode}: {differ} pages differ from the source's RAM; "
+                  f"pass-through: {passthrough or 'none'}")
+            return differ == 0 and not passthrough
     finally:
         for p in procs:
             p.kill()
