@@ -47,7 +47,7 @@ std::optional<PassObservation> DirtyRateTracker::Add(const Sample& s) {
     // `remaining` already: put back half the interval's bytes.
     const double sent_since = std::max(0.0, s.transferred - last_.transferred);
     double found = s.remaining + sent_since / 2;
-    if (ForcedSync(s)) {
+    if (ForcedSync(s, sent_since)) {
       ++forced_syncs_;
       // Of the backlog seen last, the half interval's bytes went out before the sync.
       const double backlog = std::max(0.0, last_.remaining - sent_since / 2);
@@ -86,10 +86,9 @@ std::optional<PassObservation> DirtyRateTracker::Add(const Sample& s) {
 // (four times the threshold: QEMU's own bandwidth figure, in its threshold, runs ahead of the one
 // query-migrate shows), only after a period without a sync, and never at the end of the first pass
 // (QEMU's timer leaves that one alone).
-bool DirtyRateTracker::ForcedSync(const Sample& s) const {
+bool DirtyRateTracker::ForcedSync(const Sample& s, double sent_since) const {
   if (sync_count_ <= 1 || s.switchover_bytes <= 0) return false;
   if (s.t - pass_start_t_ < 0.9 * kForcedSyncPeriod) return false;
-  const double sent_since = std::max(0.0, s.transferred - last_.transferred);
   return last_.remaining > 4 * s.switchover_bytes + sent_since;
 }
 

@@ -61,7 +61,8 @@ class DirtyRateTracker {
   double peak_bandwidth_ = 0;
   std::deque<std::pair<double, double>> window_;  // (t, transferred) over the last second
   double dirty_rate_ = 0;
-  bool ForcedSync(const Sample& s) const;
+  // `sent_since`: bytes on the link since the sample before `s`.
+  bool ForcedSync(const Sample& s, double sent_since) const;
 
   int pass_ = 0;
   int forced_syncs_ = 0;

@@ -99,6 +99,20 @@ TEST(StreamParser, UnknownRecordFlagSwitchesToPassthroughWithoutLosingBytes) {
   EXPECT_TRUE(p.at_clean_end());
 }
 
+// Parsed in pieces of each size, `bytes` come back whole, nothing passes through, `pages` pages
+// come out and the stream ends cleanly.
+void ExpectUnderstoodInEveryPiece(const std::vector<std::byte>& bytes,
+                                  std::initializer_list<size_t> pieces, uint64_t pages) {
+  for (size_t piece : pieces) {
+    StreamParser p;
+    Parsed out = ParseInPieces(p, bytes, piece);
+    EXPECT_EQ(out.rebuilt, bytes) << "pieces of " << piece;
+    EXPECT_NE(p.state(), StreamParser::State::kPassthrough) << p.passthrough_reason();
+    EXPECT_EQ(p.pages(), pages) << "pieces of " << piece;
+    EXPECT_TRUE(p.at_clean_end()) << "pieces of " << piece;
+  }
+}
+
 // libvirt turns on QEMU's return path: the stream opens it and pings before the ram section. The
 // two commands stay in the stream (the destination QEMU answers them); the pages still come out.
 TEST(StreamParser, ReturnPathCommandsAreKeptAndParsingGoesOn) {
@@ -108,13 +122,7 @@ TEST(StreamParser, ReturnPathCommandsAreKeptAndParsingGoesOn) {
   b.U8(kCommand).U8(0).U8(kCmdPing).U8(0).U8(4).Be32(1);    // ping 1
   b.RamStart(2, {{"pc.ram", 64 * 1024}}).EosFooter(2);
   b.End(2).Page("pc.ram", 0, 0x55).EosFooter(2).DeviceStateAndEof();
-  for (size_t piece : {1, 3, 4096}) {
-    StreamParser p;
-    Parsed out = ParseInPieces(p, b.bytes, piece);
-    EXPECT_EQ(out.rebuilt, b.bytes);
-    EXPECT_NE(p.state(), StreamParser::State::kPassthrough) << p.passthrough_reason();
-    EXPECT_EQ(p.pages(), 1u);
-  }
+  ExpectUnderstoodInEveryPiece(b.bytes, {1, 3, 4096}, 1);
 }
 
 // QEMU 10.0 (machine types from 10.0) announces the switchover with MIG_CMD_SWITCHOVER_START between
@@ -126,14 +134,7 @@ TEST(StreamParser, QemuTensSwitchoverStartIsKeptAndParsingGoesOn) {
   b.Part(2).Page("mem0", 0, 0x11).EosFooter(2);
   b.U8(kCommand).U8(0).U8(kCmdSwitchoverStart).U8(0).U8(0);  // switchover start
   b.End(2).Page("mem0", 4096, 0x55).EosFooter(2).DeviceStateAndEof();
-  for (size_t piece : {1, 5, 4096}) {
-    StreamParser p;
-    Parsed out = ParseInPieces(p, b.bytes, piece);
-    EXPECT_EQ(out.rebuilt, b.bytes);
-    EXPECT_NE(p.state(), StreamParser::State::kPassthrough) << p.passthrough_reason();
-    EXPECT_EQ(p.pages(), 2u);
-    EXPECT_TRUE(p.at_clean_end());
-  }
+  ExpectUnderstoodInEveryPiece(b.bytes, {1, 5, 4096}, 2);
 }
 
 TEST(StreamParser, OtherMigrationCommandsArePassedThrough) {
